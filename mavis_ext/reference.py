@@ -86,7 +86,8 @@ def philox_uniform(seed: torch.Tensor, offset: torch.Tensor, n_rows: int, n_cols
     k0 = s_lo.view(-1, 1).expand(shape)
     k1 = s_hi.view(-1, 1).expand(shape)
     x0, _, _, _ = _philox4x32_10(c0, c1, c2, c3, k0, k1)
-    return ((x0 >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+    # 23 bits, centred: (k + 0.5) * 2^-23 is exact in fp32 and never 0 or 1 (see philox.h).
+    return ((x0 >> 9).to(torch.float32) + 0.5) * (1.0 / 8388608.0)
 
 
 def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
@@ -192,16 +193,19 @@ def tilted_sample(
     B, N = logits.shape
     base = logits.float() / temperature
     _check_rows(base, "logits")
-    if values is not None:
-        t = base + beta * combine_values(values, weights)
-        if not torch.isfinite(t[torch.isfinite(base)]).all():
-            raise ValueError("values: tilted scores are not finite (NaN or inf in values)")
-    else:
-        t = base
+    t = base + beta * combine_values(values, weights) if values is not None else base
+    t = torch.where(torch.isneginf(base), base, t)  # a column the base model bans stays banned
     keep = torch.ones(B, N, dtype=torch.bool, device=logits.device)
-    if 0 < top_k < N:
-        src = t if topk_on_tilted else base
-        _, idx = _ranked_topk(src, top_k)
+    if 0 < top_k < N and not topk_on_tilted:
+        # The base model proposes: the keep set depends on the logits only, and only the values of
+        # the kept columns are ever read (the kernels gather them), so only those are checked.
+        _, idx = _ranked_topk(base, top_k)
+        keep = torch.zeros_like(keep)
+        keep.scatter_(-1, idx, True)
+    if values is not None and not torch.isfinite(t[keep & torch.isfinite(base)]).all():
+        raise ValueError("values: tilted scores are not finite (NaN or inf in values)")
+    if 0 < top_k < N and topk_on_tilted:
+        _, idx = _ranked_topk(t, top_k)
         keep = torch.zeros_like(keep)
         keep.scatter_(-1, idx, True)
     keep = keep & torch.isfinite(t)
@@ -240,6 +244,7 @@ def guided_sample(
         comb.unsqueeze(1),
         torch.ones(1, dtype=torch.float32, device=logits.device),
         beta=beta,
+        top_p=top_p,
         seed=seed,
         offset=offset,
         candidate_ids=cand_ids,

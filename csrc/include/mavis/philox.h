@@ -50,19 +50,27 @@ MAVIS_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c
   return Philox4{{c0, c1, c2, c3}};
 }
 
-// Uniform in the open interval (0, 1): 24 random bits, centred in their cell, so that log() never
-// sees 0 or 1. Exactly representable in fp32, hence identical on every backend.
+// Uniform in the open interval (0, 1): 23 random bits, centred in their cell, so that log() never
+// sees 0 or 1. Every value (k + 0.5) * 2^-23, k < 2^23, is exact in fp32, hence identical on every
+// backend. (24 bits would not do: k + 0.5 rounds to an even integer for k >= 2^23 and the largest k
+// gives u == 1.0f exactly, i.e. infinite Gumbel noise.) Range: [2^-24, 1 - 2^-24].
 MAVIS_HD float philox_uniform(uint64_t seed, uint64_t offset, uint32_t row, uint32_t col) {
   const Philox4 r = philox4x32_10(col, row, static_cast<uint32_t>(offset),
                                   static_cast<uint32_t>(offset >> 32), static_cast<uint32_t>(seed),
                                   static_cast<uint32_t>(seed >> 32));
-  return (static_cast<float>(r.x[0] >> 8) + 0.5f) * (1.0f / 16777216.0f);
+  return (static_cast<float>(r.x[0] >> 9) + 0.5f) * (1.0f / 8388608.0f);
 }
 
 // Gumbel(0, 1) noise: argmax_j (score_j + gumbel_j) is a draw from softmax(score).
+MAVIS_HD float gumbel_from_uniform(float u) { return -logf(-logf(u)); }
+
 MAVIS_HD float gumbel_noise(uint64_t seed, uint64_t offset, uint32_t row, uint32_t col) {
-  const float u = philox_uniform(seed, offset, row, col);
-  return -logf(-logf(u));
+  return gumbel_from_uniform(philox_uniform(seed, offset, row, col));
 }
+
+// Upper bound of gumbel_noise (its value at the largest uniform, 1 - 2^-24: about 16.64), plus a
+// margin for libm differences. Kernels use it to skip the noise of columns that cannot win the
+// Gumbel-max: score + noise <= score + kGumbelMax <= best.
+constexpr float kGumbelMax = 16.75f;
 
 }  // namespace mavis

@@ -1,0 +1,385 @@
+// Phase 1 of the split-vocabulary kernels (see chunk_scan.cuh) and the top-k merge (phase 2 of
+// topk_candidates and guided_sample).
+//
+// Per-chunk exact top-k without sorting the chunk: every thread holds 8*NG columns in registers.
+// The k-th largest of the 256 per-thread maxima, tau, is a lower bound of the chunk's k-th largest
+// key (k distinct threads each own an entry >= tau), so the chunk's top-k lies among the entries
+// >= tau. For typical logits that leaves ~k(1 + small) survivors, compacted to shared memory and
+// selected exactly by select_topk (block_topk.cuh). Ties / flat rows only make the survivor list
+// longer (at most the whole chunk, which shared memory holds), never wrong.
+#include "block_topk.cuh"
+#include "chunk_scan.cuh"
+
+namespace mavis_cuda {
+namespace {
+
+constexpr int kNT = 256;
+
+template <int MODE, int NG>
+struct ScanSmem {
+  static constexpr bool kTopk = MODE != kFullGumbel;
+  static constexpr int kChunk = kNT * 8 * NG;
+  static constexpr int kSurv = kTopk ? kChunk : 1;
+  SelectSmem<kNT> sel;
+  uint32_t tmax[kNT];
+  uint32_t surv_key[kSurv];
+  int32_t surv_id[kSurv];
+  int ns;
+  mavis::LseAcc lse_s[kNT / 32];
+  ArgBest arg_s[kNT / 32];
+  int or_s[kNT / 32];
+};
+
+template <typename TL, typename TV, int MODE, int NG>
+__global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
+  constexpr int ITEMS = 8 * NG;
+  constexpr int64_t CHUNK = kNT * 8 * NG;
+  constexpr bool kTopk = MODE != kFullGumbel;
+  constexpr bool kTilt = MODE != kTopkBase;
+  __shared__ ScanSmem<MODE, NG> sm;
+
+  const int tid = threadIdx.x;
+  const int64_t row = blockIdx.y;
+  const int chunk = blockIdx.x;
+  const int64_t N = a.N;
+  const int64_t c0 = static_cast<int64_t>(chunk) * CHUNK;
+  const int64_t c1 = c0 + CHUNK < N ? c0 + CHUNK : N;
+  const TL* lrow = static_cast<const TL*>(a.logits) + row * N;
+
+  float base[ITEMS];
+  float tilt[kTilt ? ITEMS : 1];
+  int flags = 0;
+
+#pragma unroll
+  for (int g = 0; g < NG; ++g) {
+    const int64_t col0 = c0 + static_cast<int64_t>(g * kNT + tid) * 8;
+    const int64_t rem = c1 - col0;
+    const int nv = rem <= 0 ? 0 : (rem >= 8 ? 8 : static_cast<int>(rem));
+    float f[8];
+    if (nv > 0) {
+      load8<TL>(lrow + col0, a.vec_logits, nv, f);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) f[e] = -INFINITY;
+    }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) base[g * 8 + e] = e < nv ? scale_logit_rn(f[e], a.temperature) : -INFINITY;
+    if constexpr (kTilt) {
+      float acc[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[e] = 0.0f;
+      if (nv > 0) {
+        const float* w = a.weights + (a.w_per_row ? row * a.m : 0);
+        for (int i = 0; i < a.m; ++i) {
+          const TV* vrow = static_cast<const TV*>(a.values) + (row * a.m + i) * N;
+          float v[8];
+          load8<TV>(vrow + col0, a.vec_values, nv, v);
+          const float wi = w[i];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[e] = combine_step_rn(acc[e], wi, v[e]);
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) tilt[g * 8 + e] = tilt_rn(base[g * 8 + e], a.beta, acc[e]);
+    }
+  }
+
+  // classify, per-thread logsumexp of the scaled logits (two passes over registers)
+  float bmax = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+    const float b = base[j];
+    if (isnan(b)) {
+      flags |= kLogitsNaN;
+    } else if (b == INFINITY) {
+      flags |= kLogitsPosInf;
+    } else if (b > -INFINITY) {
+      flags |= kHasFinite;
+      bmax = fmaxf(bmax, b);
+      if constexpr (kTilt) {
+        if (!is_finite_f(tilt[j])) flags |= kValuesBad;
+      }
+    }
+  }
+  float bsum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j)
+    if (is_finite_f(base[j])) bsum += expf(base[j] - bmax);
+  mavis::LseAcc lb{bmax, bsum};
+  lb = block_lse<kNT>(lb, sm.lse_s);
+  flags = block_or<kNT>(flags, sm.or_s);
+
+  ChunkRec rec;
+  rec.lse_max = lb.max;
+  rec.lse_sum = lb.sum;
+  rec.t_max = -INFINITY;
+  rec.t_sum = 0.0f;
+  rec.best_score = -INFINITY;
+  rec.best_t = 0.0f;
+  rec.best_col = -1;
+  rec.flags = flags;
+  rec.count = 0;
+
+  if constexpr (MODE == kFullGumbel) {
+    // keep = isfinite(t); Gumbel-max over the kept columns and logsumexp of t over them
+    float tm = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j)
+      if (is_finite_f(tilt[j])) tm = fmaxf(tm, tilt[j]);
+    float ts = 0.0f;
+    ArgBest best{-INFINITY, -1, 0.0f};
+    // Noise of the thread's best column first; afterwards a column whose score plus the largest
+    // possible noise (mavis::kGumbelMax) cannot beat the current winner strictly skips the Philox
+    // rounds (noise < kGumbelMax strictly, so it cannot tie either).
+    int jm = -1;
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j)
+      if (jm < 0 && is_finite_f(tilt[j]) && tilt[j] == tm) jm = j;
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j) {
+      if (j == jm) {
+        const int64_t col = c0 + static_cast<int64_t>((j / 8) * kNT + tid) * 8 + (j % 8);
+        best = ArgBest{tilt[j] + gumbel_at(a.noise, row, col), col, tilt[j]};
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j) {
+      if (is_finite_f(tilt[j])) {
+        ts += expf(tilt[j] - tm);
+        if (j != jm && tilt[j] + mavis::kGumbelMax > best.score) {
+          const int64_t col = c0 + static_cast<int64_t>((j / 8) * kNT + tid) * 8 + (j % 8);
+          const ArgBest cand{tilt[j] + gumbel_at(a.noise, row, col), col, tilt[j]};
+          best = arg_merge(best, cand);
+        }
+      }
+    }
+    const mavis::LseAcc lt = block_lse<kNT>(mavis::LseAcc{tm, ts}, sm.lse_s);
+    best = block_arg<kNT>(best, sm.arg_s);
+    rec.t_max = lt.max;
+    rec.t_sum = lt.sum;
+    rec.best_score = best.score;
+    rec.best_t = best.t;
+    rec.best_col = best.col;
+  }
+
+  if constexpr (kTopk) {
+    // ordered keys of the selection score; 0 marks "not a candidate" (below every finite key)
+    uint32_t key[ITEMS];
+    uint32_t my_max = 0;
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j) {
+      float s;
+      if constexpr (kTilt) s = tilt[j];
+      else s = base[j];
+      const bool ok = is_finite_f(base[j]) && is_finite_f(s);
+      key[j] = ok ? score_key(s) : 0u;
+      my_max = key[j] > my_max ? key[j] : my_max;
+    }
+    sm.tmax[tid] = my_max;
+    if (tid == 0) sm.ns = 0;
+    __syncthreads();
+    const int k = a.k;
+    uint32_t tau;
+    int gt, eq;
+    radix_kth<kNT>(
+        kNT, k,
+        [&](int i, uint32_t& kk, int32_t& id) {
+          kk = sm.tmax[i];
+          id = i;
+          return true;
+        },
+        sm.sel, tau, gt, eq);
+    const uint32_t thr = tau > 1u ? tau : 1u;
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j) {
+      if (key[j] >= thr) {
+        const int pos = atomicAdd(&sm.ns, 1);
+        sm.surv_key[pos] = key[j];
+        sm.surv_id[pos] = static_cast<int32_t>(c0 + static_cast<int64_t>((j / 8) * kNT + tid) * 8 + (j % 8));
+      }
+    }
+    __syncthreads();
+    const int ns = sm.ns;
+    const int cnt = select_topk<kNT>(
+        ns, k,
+        [&](int i, uint32_t& kk, int32_t& id) {
+          kk = sm.surv_key[i];
+          id = sm.surv_id[i];
+          return true;
+        },
+        sm.sel);
+    const int64_t slot = (row * a.n_chunks + chunk) * static_cast<int64_t>(k);
+    for (int i = tid; i < k; i += kNT) {  // key 0 marks the unused slots for the merge
+      a.cand_key[slot + i] = i < cnt ? sm.sel.sel_key[i] : 0u;
+      a.cand_id[slot + i] = i < cnt ? sm.sel.sel_id[i] : 0;
+    }
+    rec.count = cnt;
+  }
+
+  if (tid == 0) a.recs[row * a.n_chunks + chunk] = rec;
+}
+
+template <typename TL, typename TV, int MODE, int NG>
+void launch_typed(const ScanConfig& cfg, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(cfg.n_chunks), static_cast<unsigned>(cfg.B));
+  chunk_scan_kernel<TL, TV, MODE, NG><<<grid, kNT, 0, stream>>>(cfg);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename TL>
+void launch_mode(const ScanConfig& cfg, at::ScalarType vt, cudaStream_t stream) {
+  if (cfg.mode == kTopkBase) {
+    if (cfg.ng == 1) launch_typed<TL, float, kTopkBase, 1>(cfg, stream);
+    else launch_typed<TL, float, kTopkBase, 2>(cfg, stream);
+    return;
+  }
+  // tilted modes read m value rows per column: chunks of 2048 columns (ng = 1) only
+  dispatch_float(vt, "values", [&](auto vtag) {
+    using TV = decltype(vtag);
+    if (cfg.mode == kTopkTilted) launch_typed<TL, TV, kTopkTilted, 1>(cfg, stream);
+    else launch_typed<TL, TV, kFullGumbel, 1>(cfg, stream);
+  });
+}
+
+at::ScalarType code_to_type(int code) {
+  return code == kF32 ? at::kFloat : (code == kF16 ? at::kHalf : at::kBFloat16);
+}
+
+}  // namespace
+
+ScanWorkspace plan_scan(ScanConfig& cfg, const at::Tensor& like) {
+  TORCH_CHECK(cfg.N < (int64_t{1} << 31), "logits: at most 2^31 - 1 columns are supported, got ", cfg.N);
+  TORCH_CHECK(cfg.B <= 65535, "logits: the CUDA kernels support at most 65535 rows, got ", cfg.B);
+  if (cfg.mode == kTopkBase) {
+    // smaller chunks when the grid would not fill the GPU twice over
+    const int sms = num_sms(like.get_device());
+    const int64_t big = (cfg.N + chunk_cols(2) - 1) / chunk_cols(2);
+    cfg.ng = (cfg.B * big < 2 * sms) ? 1 : 2;
+  } else {
+    cfg.ng = 1;
+  }
+  const int64_t C = (cfg.N + chunk_cols(cfg.ng) - 1) / chunk_cols(cfg.ng);
+  TORCH_CHECK(C <= 65535 * 16, "logits: row too long for the split-vocabulary kernels");
+  cfg.n_chunks = static_cast<int>(C);
+  const int64_t n_rec = cfg.B * C;
+  const int64_t k = cfg.mode == kFullGumbel ? 0 : cfg.k;
+  const int64_t rec_bytes = n_rec * static_cast<int64_t>(sizeof(ChunkRec));
+  const int64_t cand_bytes = n_rec * k * 4;
+  ScanWorkspace ws;
+  ws.buf = at::empty({rec_bytes + 2 * cand_bytes + 64}, like.options().dtype(at::kByte));
+  auto* p = static_cast<uint8_t*>(ws.buf.data_ptr());
+  ws.recs = reinterpret_cast<ChunkRec*>(p);
+  ws.cand_key = reinterpret_cast<uint32_t*>(p + rec_bytes);
+  ws.cand_id = reinterpret_cast<int32_t*>(p + rec_bytes + cand_bytes);
+  cfg.recs = ws.recs;
+  cfg.cand_key = ws.cand_key;
+  cfg.cand_id = ws.cand_id;
+  return ws;
+}
+
+void launch_chunk_scan(const ScanConfig& cfg, cudaStream_t stream) {
+  TORCH_CHECK(cfg.mode == kFullGumbel || (cfg.k >= 1 && cfg.k <= kMaxFastK), "chunk scan: k out of range");
+  dispatch_float(code_to_type(cfg.logits_code), "logits", [&](auto ltag) {
+    using TL = decltype(ltag);
+    launch_mode<TL>(cfg, code_to_type(cfg.values_code), stream);
+  });
+}
+
+// ------------------------------------------------------------------------------ top-k merge
+namespace {
+
+struct MergeSmem {
+  MergeSelectSmem<kNT, kMergeCap> ms;
+  mavis::LseAcc lse_s[kNT / 32];
+  int or_s[kNT / 32];
+  int warp_cnt[kNT / 32];
+  int filled;
+};
+
+__global__ void __launch_bounds__(kNT)
+    topk_merge_kernel(const ScanConfig a, float* cand_logits, int64_t* cand_ids, float* lse, int32_t* n_finite,
+                      int32_t* status) {
+  __shared__ MergeSmem sm;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t row = blockIdx.x;
+  const int C = a.n_chunks, k = a.k;
+  const ChunkRec* recs = a.recs + row * C;
+
+  mavis::LseAcc lb = mavis::lse_init();
+  int fl = 0;
+  for (int c = tid; c < C; c += kNT) {
+    const ChunkRec r = recs[c];
+    lb = mavis::lse_merge(lb, mavis::LseAcc{r.lse_max, r.lse_sum});
+    fl |= r.flags;
+  }
+  lb = block_lse<kNT>(lb, sm.lse_s);
+  fl = block_or<kNT>(fl, sm.or_s);
+  int err = fl & kLogitsErrors;
+  if (!(fl & kHasFinite)) err |= kRowNoFinite;
+  float* out_l = cand_logits + row * k;
+  int64_t* out_i = cand_ids + row * k;
+  if (err) {
+    for (int j = tid; j < k; j += kNT) {
+      out_l[j] = NAN;
+      out_i[j] = -1;
+    }
+    if (tid == 0) {
+      lse[row] = NAN;
+      if (n_finite) n_finite[row] = 0;
+      status[row] = err;
+    }
+    return;
+  }
+  const int64_t base_slot = row * static_cast<int64_t>(C) * k;
+  const int cnt = merge_select<kNT, kMergeCap>(a.cand_key + base_slot, a.cand_id + base_slot, C * k, k, sm.ms);
+  for (int j = tid; j < cnt; j += kNT) {
+    out_l[j] = mavis::ordered_to_float(sm.ms.sel.sel_key[j]);
+    out_i[j] = sm.ms.sel.sel_id[j];
+  }
+  if (cnt < k) {
+    // Fewer than k finite entries: the reference's stable sort puts the -inf columns next, in
+    // column order. Scan the row in order and take the first k - cnt of them.
+    if (tid == 0) sm.filled = cnt;
+    __syncthreads();
+    const int64_t N = a.N;
+    for (int64_t base = 0; base < N; base += kNT) {
+      const int filled = sm.filled;
+      if (filled >= k) break;
+      const int64_t col = base + tid;
+      const bool is_ninf =
+          col < N && scale_logit_rn(load_any(a.logits, a.logits_code, row * N + col), a.temperature) == -INFINITY;
+      const unsigned bal = __ballot_sync(0xffffffffu, is_ninf);
+      if (lane == 0) sm.warp_cnt[warp] = __popc(bal);
+      __syncthreads();
+      int before = 0, total = 0;
+      for (int w = 0; w < kNT / 32; ++w) {
+        before += (w < warp) ? sm.warp_cnt[w] : 0;
+        total += sm.warp_cnt[w];
+      }
+      const int pos = filled + before + __popc(bal & ((1u << lane) - 1u));
+      if (is_ninf && pos < k) {
+        out_l[pos] = -INFINITY;
+        out_i[pos] = col;
+      }
+      __syncthreads();
+      if (tid == 0) sm.filled = filled + total;
+      __syncthreads();
+    }
+  }
+  if (tid == 0) {
+    lse[row] = mavis::lse_value(lb);
+    if (n_finite) n_finite[row] = cnt;
+    status[row] = 0;
+  }
+}
+
+}  // namespace
+
+void launch_topk_merge(const ScanConfig& cfg, float* cand_logits, int64_t* cand_ids, float* lse, int32_t* n_finite,
+                       int32_t* status, cudaStream_t stream) {
+  topk_merge_kernel<<<static_cast<unsigned>(cfg.B), kNT, 0, stream>>>(cfg, cand_logits, cand_ids, lse, n_finite,
+                                                                       status);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace mavis_cuda

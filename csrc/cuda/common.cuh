@@ -1,0 +1,334 @@
+// Shared plumbing for the CUDA kernels of mavis: dtype dispatch, 16-byte loads, fp32 math that
+// matches the reference bit for bit (no FMA contraction), warp/block reductions, and the
+// per-row status words through which data-dependent errors (NaN logits, NaN weights, ...) reach
+// the host without ever producing a silent wrong token.
+//
+// Error policy (see benchmarks/CUDA_NOTES.md): every kernel that can see bad data writes a status
+// code per row. Rows with an error get token id -1 and NaN log-probs (NaN candidate logits / lse
+// for topk_candidates). After the launches, when the stream is NOT being captured into a CUDA graph
+// (and MAVIS_CUDA_CHECKS is not "0"), the host copies the status words back once (one small D2H
+// copy) and raises RuntimeError (as the CPU kernels do) naming the argument, with the reference's
+// message.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <vector>
+
+#include "mavis/ordered_key.h"
+#include "mavis/philox.h"
+#include "mavis/tilt.h"
+#include "op_checks.h"
+
+namespace mavis_cuda {
+
+// Largest k handled by the fused split-vocabulary top-k (one selected entry per thread of a
+// 256-thread block). Larger k goes through the documented slow paths (ATen sort).
+constexpr int kMaxFastK = 256;
+
+// ----------------------------------------------------------------------------------- status bits
+enum StatusBits : int {
+  kLogitsNaN = 1,
+  kLogitsPosInf = 2,
+  kRowNoFinite = 4,
+  kWeightsBad = 8,
+  kValuesBad = 16,
+  kCandOutOfRange = 32,
+  kLogitsErrors = kLogitsNaN | kLogitsPosInf | kRowNoFinite,
+};
+
+inline bool host_checks_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("MAVIS_CUDA_CHECKS");
+    return !(e != nullptr && e[0] == '0');
+  }();
+  return on;
+}
+
+inline bool stream_is_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
+  return st != cudaStreamCaptureStatusNone;
+}
+
+// Raise the error of highest priority in `bits`, in the order the reference checks them.
+inline void raise_status(int bits, const char* values_detail = "NaN or inf in values") {
+  TORCH_CHECK(!(bits & kLogitsNaN), "logits: contains NaN");
+  TORCH_CHECK(!(bits & kLogitsPosInf), "logits: contains +inf");
+  TORCH_CHECK(!(bits & kRowNoFinite), "logits: a row has no finite entry (all -inf)");
+  TORCH_CHECK(!(bits & kCandOutOfRange), "candidate_ids: an id is outside [0, V)");
+  TORCH_CHECK(!(bits & kWeightsBad), "weights: contains NaN or inf");
+  TORCH_CHECK(!(bits & kValuesBad), "values: tilted scores are not finite (", values_detail, ")");
+}
+
+// One small D2H copy of the int32 status words (skipped while capturing a CUDA graph: there the
+// bad rows carry id -1 / NaN instead).
+inline void check_status(const at::Tensor& status, cudaStream_t stream,
+                         const char* values_detail = "NaN or inf in values") {
+  if (!host_checks_enabled() || stream_is_capturing(stream)) return;
+  const int64_t n = status.numel();
+  std::vector<int32_t> h(static_cast<size_t>(n));
+  C10_CUDA_CHECK(cudaMemcpyAsync(h.data(), status.data_ptr<int32_t>(), n * sizeof(int32_t),
+                                 cudaMemcpyDeviceToHost, stream));
+  C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+  int bits = 0;
+  for (int32_t v : h) bits |= v;
+  raise_status(bits, values_detail);
+}
+
+// ------------------------------------------------------------------------------ dtype dispatch
+// Only the three dtypes of the contract (AT_DISPATCH_FLOATING_TYPES_AND2 would add double).
+template <typename F>
+void dispatch_float(at::ScalarType st, const char* name, F&& f) {
+  switch (st) {
+    case at::kFloat: f(float{}); break;
+    case at::kHalf: f(c10::Half{}); break;
+    case at::kBFloat16: f(c10::BFloat16{}); break;
+    default: TORCH_CHECK(false, name, ": expected float32, float16 or bfloat16, got ", st);
+  }
+}
+
+// True when every 8-element granule starting at a column multiple of 8 of every row is 16-byte
+// aligned, so it can be read with 16-byte vector loads.
+inline bool rows_vec_aligned(const at::Tensor& t, int64_t row_len) {
+  const auto p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  return (p % 16 == 0) && ((row_len * static_cast<int64_t>(t.element_size())) % 16 == 0);
+}
+
+// ------------------------------------------------------------------------------------- loads
+template <typename T>
+__device__ __forceinline__ float to_f(T x) {
+  return static_cast<float>(x);
+}
+
+// 8 consecutive elements p[0..8) as float. `vec`: p is 16-byte aligned and all 8 are in range
+// (one 16-byte load for half types, two for float). Otherwise only p[0..n_valid) are read.
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, bool vec, int n_valid, float (&f)[8]) {
+  if (vec && n_valid >= 8) {
+    if constexpr (sizeof(T) == 4) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+      const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+      f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
+      f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+    } else {
+      static_assert(sizeof(T) == 2, "load8: 2- or 4-byte types only");
+      const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        T lo, hi;
+        const uint16_t bl = static_cast<uint16_t>(w[i] & 0xFFFFu), bh = static_cast<uint16_t>(w[i] >> 16);
+        memcpy(&lo, &bl, 2);
+        memcpy(&hi, &bh, 2);
+        f[2 * i] = to_f(lo);
+        f[2 * i + 1] = to_f(hi);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) f[i] = (i < n_valid) ? to_f(p[i]) : -INFINITY;
+  }
+}
+
+// --------------------------------------------------------------------- reference-exact fp32 math
+// The reference computes logit / temperature, then beta * combined, then the sum, each rounded
+// separately; __f*_rn intrinsics are never contracted into FMA by nvcc.
+__device__ __forceinline__ float scale_logit_rn(float x, float temperature) {
+  return __fdiv_rn(x, temperature);
+}
+__device__ __forceinline__ float combine_step_rn(float acc, float w, float v) {
+  return __fadd_rn(acc, __fmul_rn(w, v));
+}
+__device__ __forceinline__ float tilt_rn(float scaled, float beta, float combined) {
+  return __fadd_rn(scaled, __fmul_rn(beta, combined));
+}
+// -0.0 -> +0.0 so that ordered keys treat the two zeros as the tie the float comparison sees.
+__device__ __forceinline__ uint32_t score_key(float s) { return mavis::float_to_ordered(__fadd_rn(s, 0.0f)); }
+
+__device__ __forceinline__ bool is_finite_f(float x) { return isfinite(x); }
+
+// --------------------------------------------------------------------------- noise parameters
+struct NoiseParams {
+  const int64_t* seed;
+  const int64_t* offset;
+  bool seed_per_row;    // seed has B elements
+  bool offset_per_row;  // offset has B elements
+  bool row_in_counter;  // both have one element: the row index is part of the counter
+};
+
+__device__ __forceinline__ float gumbel_at(const NoiseParams& np, int64_t row, int64_t col) {
+  const uint64_t s = static_cast<uint64_t>(np.seed[np.seed_per_row ? row : 0]);
+  const uint64_t o = static_cast<uint64_t>(np.offset[np.offset_per_row ? row : 0]);
+  const uint32_t row_ctr = np.row_in_counter ? static_cast<uint32_t>(row) : 0u;
+  return mavis::gumbel_noise(s, o, row_ctr, static_cast<uint32_t>(col));
+}
+
+inline NoiseParams make_noise(const at::Tensor& seed, const at::Tensor& offset, int64_t B) {
+  NoiseParams np;
+  np.seed = seed.data_ptr<int64_t>();
+  np.offset = offset.data_ptr<int64_t>();
+  np.seed_per_row = seed.numel() == B && B > 1;
+  np.offset_per_row = offset.numel() == B && B > 1;
+  np.row_in_counter = seed.numel() == 1 && offset.numel() == 1;
+  return np;
+}
+
+// --------------------------------------------------------------------------- reductions
+struct ArgBest {  // Gumbel-max winner: larger score first, then the lower column
+  float score;
+  int64_t col;
+  float t;  // tilted score at col
+};
+
+__device__ __forceinline__ bool arg_better(const ArgBest& a, const ArgBest& b) {
+  return a.score > b.score || (a.score == b.score && a.col < b.col);
+}
+
+__device__ __forceinline__ ArgBest arg_merge(const ArgBest& a, const ArgBest& b) {
+  if (b.col < 0) return a;
+  if (a.col < 0) return b;
+  return arg_better(b, a) ? b : a;
+}
+
+__device__ __forceinline__ ArgBest warp_arg_merge(ArgBest a) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    ArgBest b;
+    b.score = __shfl_xor_sync(0xffffffffu, a.score, o);
+    b.col = __shfl_xor_sync(0xffffffffu, a.col, o);
+    b.t = __shfl_xor_sync(0xffffffffu, a.t, o);
+    a = arg_merge(a, b);
+  }
+  return a;
+}
+
+__device__ __forceinline__ mavis::LseAcc warp_lse_merge(mavis::LseAcc a) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    mavis::LseAcc b;
+    b.max = __shfl_xor_sync(0xffffffffu, a.max, o);
+    b.sum = __shfl_xor_sync(0xffffffffu, a.sum, o);
+    a = mavis::lse_merge(a, b);
+  }
+  return a;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Block-wide reductions for NT threads (NT a multiple of 32, at most 1024). `scratch` must hold
+// NT/32 elements; every thread gets the result. Contains __syncthreads(): call from all threads.
+template <int NT>
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = 0.0f;
+#pragma unroll
+  for (int w = 0; w < NT / 32; ++w) r += scratch[w];
+  return r;
+}
+
+template <int NT>
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  v = warp_max(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < NT / 32; ++w) r = fmaxf(r, scratch[w]);
+  return r;
+}
+
+template <int NT>
+__device__ __forceinline__ mavis::LseAcc block_lse(mavis::LseAcc a, mavis::LseAcc* scratch) {
+  a = warp_lse_merge(a);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = a;
+  __syncthreads();
+  mavis::LseAcc r = mavis::lse_init();
+#pragma unroll
+  for (int w = 0; w < NT / 32; ++w) r = mavis::lse_merge(r, scratch[w]);
+  return r;
+}
+
+template <int NT>
+__device__ __forceinline__ ArgBest block_arg(ArgBest a, ArgBest* scratch) {
+  a = warp_arg_merge(a);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = a;
+  __syncthreads();
+  ArgBest r{-INFINITY, -1, 0.0f};
+#pragma unroll
+  for (int w = 0; w < NT / 32; ++w) r = arg_merge(r, scratch[w]);
+  return r;
+}
+
+template <int NT>
+__device__ __forceinline__ int block_or(int v, int* scratch) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v |= __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  int r = 0;
+#pragma unroll
+  for (int w = 0; w < NT / 32; ++w) r |= scratch[w];
+  return r;
+}
+
+inline int num_sms(int device) {
+  return at::cuda::getDeviceProperties(device)->multiProcessorCount;
+}
+
+}  // namespace mavis_cuda
+
+namespace mavis_cuda {
+
+// Run-time dtype code for the few scattered loads of the merge/tail kernels (a uniform branch is
+// cheaper than multiplying template instantiations).
+enum DtypeCode : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+inline int dtype_code(at::ScalarType st) {
+  switch (st) {
+    case at::kFloat: return kF32;
+    case at::kHalf: return kF16;
+    case at::kBFloat16: return kBF16;
+    default: TORCH_CHECK(false, "expected float32, float16 or bfloat16, got ", st);
+  }
+  return kF32;
+}
+
+__device__ __forceinline__ float load_any(const void* p, int code, int64_t i) {
+  if (code == kF32) return __ldg(static_cast<const float*>(p) + i);
+  if (code == kF16) return __half2float(static_cast<const __half*>(p)[i]);
+  return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+}
+
+}  // namespace mavis_cuda

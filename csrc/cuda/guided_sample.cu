@@ -1,0 +1,174 @@
+// guided_sample on CUDA: the fused MAVIS step for Q-head value models, four launches, no host
+// synchronisation except the optional status check:
+//   1. chunk_scan (kTopkBase): split-vocabulary top-k of logits / T and logsumexp, one pass;
+//   2. topk_merge_kernel: per row, the sorted top-k candidates, lse, number of finite candidates;
+//   3. head_kernel (value_heads.cu, Q-head mode with weights): one warp per (row, candidate)
+//      gathers the candidate's row of each of the m heads (16-byte loads) and folds the weights;
+//   4. guided_tail_kernel (here): t = cand + beta * comb, nucleus, Gumbel-max with the candidate
+//      position as noise column, logp_base = cand - lse.
+// top_k > 256: the ATen slow path for steps 1-2 and 4 (slow_paths.cu).
+#include "chunk_scan.cuh"
+#include "host_checks.cuh"
+#include "sample_tail.cuh"
+#include "slow_paths.cuh"
+#include "value_heads.cuh"
+
+namespace mavis_cuda {
+namespace {
+
+constexpr int kNT = 256;
+
+struct TailArgs {
+  const float* cand_logits;  // [B, K]
+  const int64_t* cand_ids;   // [B, K]
+  const float* lse;          // [B]
+  const int32_t* n_finite;   // [B]
+  const int32_t* status_in;  // [B] from the merge
+  const float* comb;         // [B, K]
+  const float* weights;
+  bool w_per_row;
+  int m, K;
+  float beta, top_p;
+  NoiseParams noise;
+  int64_t* out_ids;
+  float* out_lt;
+  float* out_lb;
+  int32_t* status;
+};
+
+struct TailKernelSmem {
+  TailSmem<kNT> tail;
+  int or_s[kNT / 32];
+};
+
+__global__ void __launch_bounds__(kNT) guided_tail_kernel(const TailArgs a) {
+  __shared__ TailKernelSmem sm;
+  const int tid = threadIdx.x;
+  const int64_t row = blockIdx.x;
+  int err = a.status_in[row];
+  for (int i = tid; i < a.m; i += kNT)
+    if (!isfinite(a.weights[(a.w_per_row ? row * a.m : 0) + i])) err |= kWeightsBad;
+  const int n = a.n_finite[row];  // finite candidates occupy positions [0, n)
+  const float* cand = a.cand_logits + row * a.K;
+  if (tid < n) {
+    const float t = tilt_rn(cand[tid], a.beta, a.comb[row * a.K + tid]);
+    if (!isfinite(t)) err |= kValuesBad;
+    sm.tail.t[tid] = t;
+    sm.tail.col[tid] = tid;
+  }
+  err = block_or<kNT>(err, sm.or_s);
+  if (err || n <= 0) {
+    if (tid == 0) {
+      a.out_ids[row] = -1;
+      a.out_lt[row] = NAN;
+      a.out_lb[row] = NAN;
+      a.status[row] = err ? err : kRowNoFinite;
+    }
+    return;
+  }
+  const TailResult r = sample_tail<kNT>(n, a.top_p, a.noise, row, sm.tail);
+  if (tid == 0) {
+    a.out_ids[row] = a.cand_ids[row * a.K + r.col];
+    a.out_lt[row] = r.logp;
+    a.out_lb[row] = cand[r.col] - a.lse[row];
+    a.status[row] = 0;
+  }
+}
+
+}  // namespace
+
+Sample3 guided_sample_cuda(const at::Tensor& logits_in, const at::Tensor& hidden_in, const at::Tensor& head_weight_in,
+                           const c10::optional<at::Tensor>& head_bias_in, const at::Tensor& weights_in, double beta,
+                           int64_t top_k, double temperature, double top_p, const at::Tensor& seed_in,
+                           const at::Tensor& offset_in) {
+  mavis::check_logits(logits_in);
+  check_cuda(logits_in, "logits");
+  mavis::check_temperature(temperature);
+  mavis::check_top_p(top_p);
+  check_beta(beta);
+  const int64_t B = logits_in.size(0), V = logits_in.size(1);
+  mavis::check_float(hidden_in, "hidden");
+  mavis::check_dim(hidden_in, 2, "hidden");
+  mavis::check_same_device(hidden_in, logits_in, "hidden");
+  TORCH_CHECK(hidden_in.size(0) == B, "hidden: expected ", B, " rows (one per logits row), got ", hidden_in.size(0));
+  const int64_t d = hidden_in.size(1);
+  mavis::check_float(head_weight_in, "head_weight");
+  mavis::check_dim(head_weight_in, 3, "head_weight");
+  mavis::check_same_device(head_weight_in, logits_in, "head_weight");
+  const int64_t m = head_weight_in.size(0);
+  TORCH_CHECK(m > 0, "head_weight: no objectives (m == 0)");
+  TORCH_CHECK(head_weight_in.size(1) == V && head_weight_in.size(2) == d, "head_weight: expected shape [m, V=", V,
+              ", d=", d, "], got ", head_weight_in.sizes());
+  if (head_bias_in.has_value()) {
+    mavis::check_float(*head_bias_in, "head_bias");
+    mavis::check_same_device(*head_bias_in, logits_in, "head_bias");
+    TORCH_CHECK(head_bias_in->dim() == 2 && head_bias_in->size(0) == m && head_bias_in->size(1) == V,
+                "head_bias: expected shape [", m, ", ", V, "], got ", head_bias_in->sizes());
+  }
+  mavis::check_weights(weights_in, B, m, logits_in);
+  TORCH_CHECK(top_k >= 1 && top_k <= V, "top_k: must satisfy 1 <= top_k <= V=", V, ", got ", top_k);
+  mavis::check_seed(seed_in, offset_in, B, logits_in);
+
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const at::Tensor logits = logits_in.contiguous(), hidden = hidden_in.contiguous(), W = head_weight_in.contiguous();
+  const at::Tensor bias = head_bias_in.has_value() ? head_bias_in->contiguous() : at::Tensor();
+  const at::Tensor weights = weights_in.contiguous();
+  const at::Tensor seed = seed_in.contiguous(), offset = offset_in.contiguous();
+  const NoiseParams noise = make_noise(seed, offset, B);
+  const float temp_f = static_cast<float>(temperature), beta_f = static_cast<float>(beta);
+  auto opts = logits.options().dtype(at::kFloat);
+  const char* detail = "NaN or inf in hidden, head_weight or head_bias";
+  at::Tensor status = at::empty({B}, opts.dtype(at::kInt));
+
+  if (top_k > kMaxFastK) {
+    auto cands = topk_candidates_slow(logits, top_k, temp_f, status, stream);
+    at::Tensor comb = at::empty({B, top_k}, opts);
+    launch_qhead(hidden, W, bias, std::get<1>(cands), weights, comb, nullptr, stream);
+    Sample3 res = guided_tail_slow(std::get<0>(cands), std::get<1>(cands), std::get<2>(cands), comb, weights, beta_f,
+                                   static_cast<float>(top_p), noise, status, stream);
+    check_status(status, stream, detail);
+    return res;
+  }
+
+  ScanConfig cfg;
+  cfg.logits = logits.data_ptr();
+  cfg.logits_code = dtype_code(logits.scalar_type());
+  cfg.vec_logits = rows_vec_aligned(logits, V);
+  cfg.B = B;
+  cfg.N = V;
+  cfg.temperature = temp_f;
+  cfg.k = static_cast<int>(top_k);
+  cfg.mode = kTopkBase;
+  const ScanWorkspace ws = plan_scan(cfg, logits);
+  launch_chunk_scan(cfg, stream);
+
+  at::Tensor cand_logits = at::empty({B, top_k}, opts);
+  at::Tensor cand_ids = at::empty({B, top_k}, opts.dtype(at::kLong));
+  at::Tensor lse = at::empty({B}, opts);
+  at::Tensor n_finite = at::empty({B}, opts.dtype(at::kInt));
+  at::Tensor merge_status = at::empty({B}, opts.dtype(at::kInt));
+  launch_topk_merge(cfg, cand_logits.data_ptr<float>(), cand_ids.data_ptr<int64_t>(), lse.data_ptr<float>(),
+                    n_finite.data_ptr<int32_t>(), merge_status.data_ptr<int32_t>(), stream);
+  // Rows with a logits error carry id -1 here: head_kernel skips out-of-range ids (NaN result), and
+  // the tail kernel reports the merge status of those rows.
+  at::Tensor comb = at::empty({B, top_k}, opts);
+  launch_qhead(hidden, W, bias, cand_ids, weights, comb, nullptr, stream);
+
+  at::Tensor ids = at::empty({B}, opts.dtype(at::kLong));
+  at::Tensor logp_t = at::empty({B}, opts);
+  at::Tensor logp_b = at::empty({B}, opts);
+  TailArgs a{cand_logits.data_ptr<float>(), cand_ids.data_ptr<int64_t>(), lse.data_ptr<float>(),
+             n_finite.data_ptr<int32_t>(), merge_status.data_ptr<int32_t>(), comb.data_ptr<float>(),
+             weights.data_ptr<float>(), weights.dim() == 2, static_cast<int>(m), static_cast<int>(top_k), beta_f,
+             static_cast<float>(top_p), noise, ids.data_ptr<int64_t>(), logp_t.data_ptr<float>(),
+             logp_b.data_ptr<float>(), status.data_ptr<int32_t>()};
+  guided_tail_kernel<<<static_cast<unsigned>(B), kNT, 0, stream>>>(a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_status(status, stream, detail);
+  return {ids, logp_t, logp_b};
+}
+
+}  // namespace mavis_cuda
+
+TORCH_LIBRARY_IMPL(mavis, CUDA, m) { m.impl("guided_sample", &mavis_cuda::guided_sample_cuda); }
