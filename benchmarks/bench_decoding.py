@@ -111,9 +111,9 @@ def run(args):
     K = 40
 
     configs = [("engine-plain", "-", 0)]
-    if args.quick or gpu:
+    if args.quick or gpu or args.targets:
         configs += [("qhead", "shared", 2), ("prefix-tree", "shared", 2), ("prefix-tree", "separate", 2),
-                    ("prefix-copies", "shared", 1)]
+                    ("prefix-copies", "shared", 1), ("prefix-copies", "separate", 2)]
     else:
         for m in (1, 2, 3):
             configs += [("qhead", "shared", m), ("prefix-tree", "shared", m)]
@@ -140,19 +140,20 @@ def run(args):
             gen = MavisGenerator(base, vms, None, prefix_scoring="copies" if mode == "prefix-copies" else "tree")
             w = None if m == 0 else [1.0 / m] * m
 
-            def mav(profile=False):
+            def mav():
                 return gen.generate(input_ids=ids, attention_mask=mask, weights=w, beta=1.0, top_k=K,
-                                    max_new_tokens=new_tokens, seed=0, stop_at_eos=False, profile=profile)
+                                    max_new_tokens=new_tokens, seed=0, stop_at_eos=False, profile=True)
 
             mav()  # warm-up
-            t_hf, t_mv = [], []
+            t_hf, t_mv, score, basems = [], [], [], []
             for _ in range(repeats):
                 t_hf.append(timed(hf, device))
-                t_mv.append(timed(mav, device))
-            prof = mav(profile=True).timings
-            steps = new_tokens
-            score_ms = 1e3 * (prof.get("values", 0.0) + prof.get("advance", 0.0)) / steps
-            base_ms = 1e3 * prof.get("base", 0.0) / steps
+                box = {}
+                t_mv.append(timed(lambda: box.update(out=mav()), device))
+                tm = box["out"].timings  # profile=True only adds perf_counter calls on CPU
+                score.append(1e3 * (tm.get("values", 0.0) + tm.get("advance", 0.0)) / new_tokens)
+                basems.append(1e3 * tm.get("base", 0.0) / new_tokens)
+            score_ms, base_ms = statistics.median(score), statistics.median(basems)
             mh, mm = statistics.median(t_hf), statistics.median(t_mv)
             row = {"B": B, "mode": mode, "layout": layout, "m": m, "tokens_per_s": B * new_tokens / mm,
                    "hf_tokens_per_s": B * new_tokens / mh, "ratio": mh / mm,
@@ -165,16 +166,28 @@ def run(args):
                   f"HF {row['hf_tokens_per_s']:8.1f} tok/s  ratio {row['ratio']:.3f}  "
                   f"scoring {score_ms:6.2f} ms/step", flush=True)
             del gen, vms
-    # tree vs copies scoring time per step
+    # Scoring time per step, tree mask vs K copies, measured back to back (pairs) so that the
+    # machine's drift cancels; the ratio is the median over pairs.
     score_cmp = []
-    for B in batches:
-        by = {(r["mode"], r["layout"], r["m"]): r for r in rows if r["B"] == B}
-        for (mode, layout, m), r in by.items():
-            if mode == "prefix-copies" and ("prefix-tree", layout, m) in by:
-                tr = by[("prefix-tree", layout, m)]
-                score_cmp.append({"B": B, "layout": layout, "m": m, "copies_ms": r["score_ms_per_step"],
-                                  "tree_ms": tr["score_ms_per_step"],
-                                  "speedup": r["score_ms_per_step"] / max(tr["score_ms_per_step"], 1e-9)})
+    for B in batches if args.compare else []:
+        ids = torch.randint(4, 32000, (B, args.prompt_len), generator=g).to(device)
+        for layout, m in [("shared", 1), ("separate", 2)]:
+            vms = build_value_models(trunks, "prefix", layout, m)
+            gens = {s: MavisGenerator(base, vms, None, prefix_scoring=s) for s in ("tree", "copies")}
+
+            def score_ms(s):
+                tm = gens[s].generate(input_ids=ids, weights=[1.0 / m] * m, beta=1.0, top_k=K,
+                                      max_new_tokens=new_tokens, seed=0, stop_at_eos=False, profile=True).timings
+                return 1e3 * (tm["values"] + tm["advance"]) / new_tokens
+
+            score_ms("tree"), score_ms("copies")  # warm-up
+            pairs = [(score_ms("tree"), score_ms("copies")) for _ in range(max(repeats, 3))]
+            tr = statistics.median(p[0] for p in pairs)
+            cp = statistics.median(p[1] for p in pairs)
+            score_cmp.append({"B": B, "layout": layout, "m": m, "copies_ms": cp, "tree_ms": tr,
+                              "speedup": statistics.median(p[1] / p[0] for p in pairs)})
+            print(f"B={B} scoring {layout} m={m}: tree {tr:.2f} ms/step, copies {cp:.2f} ms/step, "
+                  f"copies/tree {score_cmp[-1]['speedup']:.2f}", flush=True)
     meta = {"device": torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine(),
             "cpu": _cpu_name(), "threads": torch.get_num_threads() if not gpu else None,
             "dtype": str(dtype), "torch": torch.__version__, "transformers": _tf_version(),
@@ -217,7 +230,7 @@ def markdown(res) -> str:
                    f"{r['hf_tokens_per_s']:.1f} | {r['ratio']:.3f} | {tgt} | {au} | {r['score_ms_per_step']:.2f} | "
                    f"{100 * r['hf_spread']:.0f}% |")
     if res["scoring_tree_vs_copies"]:
-        out += ["", "| B | trunks | m | K-copies scoring ms/step | tree-mask scoring ms/step | copies / tree (target ≥ 2.5) |",
+        out += ["", "| B | trunks | m | K-copies scoring ms/step | tree-mask scoring ms/step | copies / tree, median of pairs (target ≥ 2.5) |",
                 "|---|---|---|---|---|---|"]
         for s in res["scoring_tree_vs_copies"]:
             out.append(f"| {s['B']} | {s['layout']} | {s['m']} | {s['copies_ms']:.2f} | {s['tree_ms']:.2f} | "
@@ -230,11 +243,15 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="16 new tokens, 1 repeat, m <= 2, fewer configurations")
     p.add_argument("--gpu", action="store_true", help="Llama-2-7B / TinyLlama shapes in bf16 on CUDA")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--targets", action="store_true",
+                   help="only the configurations with targets (and the K-copies baselines), full length")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--only", default=None, help="comma-separated modes to run (engine-plain,qhead,prefix-tree,prefix-copies)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.add_argument("--no-compare", dest="compare", action="store_false",
+                   help="skip the interleaved tree-vs-copies scoring-time comparison")
     args = p.parse_args(argv)
     res = run(args)
     print()

@@ -395,13 +395,14 @@ class QualitySettings:
     top_k: int = 0                # 0: the full vocabulary (12 tokens)
     mode: str = "prefix"          # value-model mode
     trees: int = 96               # rollout trees (prompts) per iteration
-    epochs: int = 3
-    lr: float = 3e-3
-    batch_size: int = 256
+    epochs: int = 4
+    lr: float = 5e-3
+    batch_size: int = 128
     root_branching: int = 4
     branching: int = 2
     seed: int = 0
-    base_train_steps: int = 300
+    base_train_steps: int = 150
+    exact_diagnostics: bool = True  # also sweep the exact-value MAVIS policies (exactQ_itN)
     mixture_aware: bool = False   # also train per-weight value models from mixed-weight rollouts
     mixture_iterations: int = 2
     out_dir: str = "mavis_eval_out"
@@ -508,7 +509,8 @@ def run_quality(s: QualitySettings, *, train: bool = True, progress: bool = True
     t0 = time.perf_counter()
     policies = standard_policies(tb, s.beta)
     exact_vts = exact_iteration_values(tb, s.beta, max(1, s.iterations), top_k=s.top_k)
-    policies.update(mavis_policies(tb, exact_vts, s.beta, s.top_k, prefix="exactQ_it"))
+    if s.exact_diagnostics:
+        policies.update(mavis_policies(tb, exact_vts, s.beta, s.top_k, prefix="exactQ_it"))
     timings["exact_policies_s"] = time.perf_counter() - t0
 
     dirs, vts = [], []

@@ -443,7 +443,7 @@ def _train_base(model, tokenizer, corpus, horizon, steps, seed):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(steps):
-        idx = torch.randint(0, len(corpus), (256,), generator=g)
+        idx = torch.randint(0, len(corpus), (128,), generator=g)
         out = model(input_ids=ids[idx], attention_mask=mask[idx].long())
         logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
         loss = torch.nn.functional.cross_entropy(logits, labels[idx, 1:].reshape(-1), ignore_index=-100)
@@ -461,7 +461,7 @@ def build_testbed(
     words: Sequence[str] = DEFAULT_WORDS,
     prompt: str = "<s>",
     seed: int = 0,
-    train_steps: int = 300,
+    train_steps: int = 150,
     corpus_size: int = 4096,
     hidden_size: int = 32,
     num_layers: int = 2,

@@ -49,8 +49,9 @@ _HIDE_C = "import sys; sys.modules['mavis_ext._C'] = None\n"
 
 
 def _run(code: str, env_extra: dict) -> str:
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_extra)
-    env.pop("MAVIS_USE_REFERENCE", None) if "MAVIS_USE_REFERENCE" not in env_extra else None
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("MAVIS_USE_REFERENCE", None)
+    env.update(env_extra)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -163,5 +163,8 @@ def test_lora_adapters(setup, tmp_path):
     ids, mask = _batch(setup["tok"])
     want = vm.token_values(ids, mask)
     vm.save_pretrained(str(tmp_path / "lora"))
-    back = ValueModel.from_pretrained(str(tmp_path / "lora"))
+    back = ValueModel.from_pretrained(str(tmp_path / "lora"))  # merged: loads without peft
     torch.testing.assert_close(back.token_values(ids, mask), want, rtol=1e-4, atol=1e-4)
+    back.save_pretrained(str(tmp_path / "again"))
+    torch.testing.assert_close(ValueModel.from_pretrained(str(tmp_path / "again")).token_values(ids, mask), want,
+                               rtol=1e-4, atol=1e-4)

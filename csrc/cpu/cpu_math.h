@@ -23,7 +23,7 @@ namespace cpu {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 // Rows are consumed in blocks of this many columns: a block of fp32 scratch per stream stays in L1
 // while the vocabulary is streamed from memory once.
-constexpr int64_t kBlock = 512;
+constexpr int64_t kBlock = 2048;
 
 template <typename T>
 inline void load_block_t(const T* src, int64_t stride, int64_t n, float* dst) {
@@ -34,6 +34,9 @@ inline void load_block_t(const T* src, int64_t stride, int64_t n, float* dst) {
   }
 }
 
+// Exact fp16 -> fp32 of a contiguous block (vectorised; c10::Half's conversion is scalar without F16C).
+void half_to_float_block(const uint16_t* h, int64_t n, float* out);
+
 // dst[0:n] = float(base[start + i * stride]) for a float32 / float16 / bfloat16 tensor's data.
 inline void load_block(const void* base, at::ScalarType st, int64_t start, int64_t stride, int64_t n, float* dst) {
   switch (st) {
@@ -41,7 +44,11 @@ inline void load_block(const void* base, at::ScalarType st, int64_t start, int64
       load_block_t(static_cast<const float*>(base) + start, stride, n, dst);
       break;
     case at::kHalf:
-      load_block_t(static_cast<const c10::Half*>(base) + start, stride, n, dst);
+      if (stride == 1) {
+        half_to_float_block(reinterpret_cast<const uint16_t*>(static_cast<const c10::Half*>(base) + start), n, dst);
+      } else {
+        load_block_t(static_cast<const c10::Half*>(base) + start, stride, n, dst);
+      }
       break;
     case at::kBFloat16:
       load_block_t(static_cast<const c10::BFloat16*>(base) + start, stride, n, dst);
@@ -137,6 +144,14 @@ float block_max(const float* x, int64_t n, bool* bad);
 float block_sum_exp(const float* x, int64_t n, float m);
 // Max of x[0:n] (no checks).
 float block_max_plain(const float* x, int64_t n);
+// out[i] = w * x[i]; out[i] = out[i] + w * x[i] (the objective-by-objective combination).
+void scale_into(float* out, const float* x, int64_t n, float w);
+void add_scaled(float* out, const float* x, int64_t n, float w);
+// t[i] = s[i] + beta * t[i] (tilt_logits: plain arithmetic, no masking or checks).
+void tilt_plain(const float* s, float* t, int64_t n, float beta);
+// t[i] = s[i] + beta * t[i] (t holds the combined values on entry), -inf where s[i] == -inf.
+// Returns true when some column with a finite s gets a non-finite score.
+bool tilt_masked(const float* s, float* t, int64_t n, float beta);
 // Index of the first x[i] > thr, or n. Scans 64 at a time with vector compares: the top-k filter,
 // where after the first blocks only a few columns in thousands beat the threshold.
 int64_t first_above(const float* x, int64_t n, float thr);
@@ -148,6 +163,8 @@ struct BlockLse {
   // x[0:n] with block maximum bmax (from block_max).
   void push(const float* x, int64_t n, float bmax) {
     if (bmax == -kInf) return;
+    // A block entirely 60 below the running max adds < kBlock * e^-60 (relative): nothing in fp32.
+    if (bmax < max - 60.0f) return;
     if (bmax > max) {
       sum = (max == -kInf) ? 0.0 : sum * std::exp(static_cast<double>(max) - static_cast<double>(bmax));
       max = bmax;

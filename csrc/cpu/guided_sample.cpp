@@ -17,6 +17,12 @@
 #include "sampling.h"
 #include "topk_buffer.h"
 
+#if defined(__GNUC__)
+#define MAVIS_PREFETCH(p) __builtin_prefetch((p), 0, 1)
+#else
+#define MAVIS_PREFETCH(p) ((void)0)
+#endif
+
 namespace mavis {
 namespace cpu {
 
@@ -92,7 +98,20 @@ Sample3 guided_sample(const at::Tensor& logits, const at::Tensor& hidden_in, con
       load_block(hidden.data_ptr(), hidden.scalar_type(), b * hidden.stride(0), 1, d, h.data());
       const float* wr = weight_row(w, b);
       cands.clear();
+      // The head rows are scattered over a [V, d] matrix far larger than the caches: prefetch the
+      // rows of the next candidate while the current one is reduced (hides most of the latency).
+      auto prefetch_rows = [&](int64_t p) {
+        if (p >= top_k) return;
+        const char* base = static_cast<const char*>(W_p);
+        for (int64_t i = 0; i < m; ++i) {
+          const char* row = base + (i * W_s0 + top[p].col * W_s1) * W.element_size();
+          for (int64_t off = 0; off < d * static_cast<int64_t>(W.element_size()); off += 64)
+            MAVIS_PREFETCH(row + off);
+        }
+      };
+      prefetch_rows(0);
       for (int64_t p = 0; p < top_k; ++p) {
+        prefetch_rows(p + 1);
         const float sc = top[p].key;
         if (sc == -kInf) continue;  // fewer than top_k finite logits: banned candidates are dropped
         const int64_t tok = top[p].col;

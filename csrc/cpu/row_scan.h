@@ -68,13 +68,19 @@ struct ValuesRow {
 
   // comb[0:n] = sum_i w_i * values[b, i, c0 : c0+n], fp32, objectives in order (as reference.py).
   void combine(int64_t c0, int64_t n, float* comb, float* tmp) const {
-    load_block(data, st, start + c0 * s_col, s_col, n, tmp);
-    const float w0 = w[0];
-    for (int64_t j = 0; j < n; ++j) comb[j] = w0 * tmp[j];
-    for (int64_t i = 1; i < m; ++i) {
-      load_block(data, st, start + i * s_obj + c0 * s_col, s_col, n, tmp);
-      const float wi = w[i];
-      for (int64_t j = 0; j < n; ++j) comb[j] = comb[j] + wi * tmp[j];
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t off = start + i * s_obj + c0 * s_col;
+      const float* v = tmp;
+      if (st == at::kFloat && s_col == 1) {
+        v = static_cast<const float*>(data) + off;  // fp32 rows are read in place
+      } else {
+        load_block(data, st, off, s_col, n, tmp);
+      }
+      if (i == 0) {
+        scale_into(comb, v, n, w[0]);
+      } else {
+        add_scaled(comb, v, n, w[i]);
+      }
     }
   }
 
@@ -82,14 +88,7 @@ struct ValuesRow {
   // non-finite score where the base is finite is an error naming `values`.
   void tilt_block(int64_t c0, int64_t n, const float* s, float* t, float* tmp) const {
     combine(c0, n, t, tmp);
-    int bad = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      const float x = tilt(s[j], beta, t[j]);
-      const bool base_finite = s[j] > -kInf;
-      bad |= base_finite & !(x > -kInf && x < kInf);
-      t[j] = base_finite ? x : -kInf;
-    }
-    TORCH_CHECK(!bad, "values: tilted scores are not finite (NaN or inf in values)");
+    TORCH_CHECK(!tilt_masked(s, t, n, beta), "values: tilted scores are not finite (NaN or inf in values)");
   }
 
   // The tilted score of one column whose scaled logit s is finite.

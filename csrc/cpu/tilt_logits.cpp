@@ -35,7 +35,7 @@ at::Tensor tilt_logits(const at::Tensor& logits, const at::Tensor& values, const
   const float temp = static_cast<float>(temperature), beta_f = static_cast<float>(beta);
 
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> s(kBlock), comb(kBlock), tmp(kBlock);
+    std::vector<float> s(kBlock), tmp(kBlock);
     for (int64_t b = b0; b < b1; ++b) {
       const LogitsRow row(logits, b, temp);
       const ValuesRow vrow(values, b, weight_row(w, b), beta_f);
@@ -44,9 +44,9 @@ at::Tensor tilt_logits(const at::Tensor& logits, const at::Tensor& values, const
         // No data checks here: tilt_logits is plain arithmetic (NaN in, NaN out), like the reference.
         load_block(row.data, row.st, row.start + c0 * row.stride, row.stride, n, s.data());
         divide_block(s.data(), n, temp);
-        vrow.combine(c0, n, comb.data(), tmp.data());
         float* o = out_p + b * N + c0;
-        for (int64_t j = 0; j < n; ++j) o[j] = tilt(s[j], beta_f, comb[j]);
+        vrow.combine(c0, n, o, tmp.data());
+        tilt_plain(s.data(), o, n, beta_f);
       }
     }
   });

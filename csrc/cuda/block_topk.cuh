@@ -13,7 +13,7 @@
 // code selects from shared memory (per-chunk survivors) and from global workspace (merge phase).
 #pragma once
 
-#include "common.cuh"
+#include "device_common.cuh"
 
 namespace mavis_cuda {
 

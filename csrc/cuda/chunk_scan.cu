@@ -30,7 +30,10 @@ struct ScanSmem {
   int or_s[kNT / 32];
 };
 
-template <typename TL, typename TV, int MODE, int NG>
+// LCODE: the logits dtype (DtypeCode) fixed at compile time for the hot top-k-on-logits mode, or -1
+// to read it from the config at run time (tilted / full-vocab modes, whose value dtype is always a
+// run-time choice): 8 kernels instead of 24, which matters for the build time.
+template <int LCODE, int MODE, int NG>
 __global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
   constexpr int ITEMS = 8 * NG;
   constexpr int64_t CHUNK = kNT * 8 * NG;
@@ -44,7 +47,7 @@ __global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
   const int64_t N = a.N;
   const int64_t c0 = static_cast<int64_t>(chunk) * CHUNK;
   const int64_t c1 = c0 + CHUNK < N ? c0 + CHUNK : N;
-  const TL* lrow = static_cast<const TL*>(a.logits) + row * N;
+  const int64_t lrow = row * N;  // element offset of the row
 
   float base[ITEMS];
   float tilt[kTilt ? ITEMS : 1];
@@ -57,7 +60,12 @@ __global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
     const int nv = rem <= 0 ? 0 : (rem >= 8 ? 8 : static_cast<int>(rem));
     float f[8];
     if (nv > 0) {
-      load8<TL>(lrow + col0, a.vec_logits, nv, f);
+      if constexpr (LCODE == kF32) load8<float>(static_cast<const float*>(a.logits) + lrow + col0, a.vec_logits, nv, f);
+      else if constexpr (LCODE == kF16)
+        load8<c10::Half>(static_cast<const c10::Half*>(a.logits) + lrow + col0, a.vec_logits, nv, f);
+      else if constexpr (LCODE == kBF16)
+        load8<c10::BFloat16>(static_cast<const c10::BFloat16*>(a.logits) + lrow + col0, a.vec_logits, nv, f);
+      else load8_rt(a.logits, a.logits_code, lrow + col0, a.vec_logits, nv, f);
     } else {
 #pragma unroll
       for (int e = 0; e < 8; ++e) f[e] = -INFINITY;
@@ -71,9 +79,8 @@ __global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
       if (nv > 0) {
         const float* w = a.weights + (a.w_per_row ? row * a.m : 0);
         for (int i = 0; i < a.m; ++i) {
-          const TV* vrow = static_cast<const TV*>(a.values) + (row * a.m + i) * N;
           float v[8];
-          load8<TV>(vrow + col0, a.vec_values, nv, v);
+          load8_rt(a.values, a.values_code, (row * a.m + i) * N + col0, a.vec_values, nv, v);
           const float wi = w[i];
 #pragma unroll
           for (int e = 0; e < 8; ++e) acc[e] = combine_step_rn(acc[e], wi, v[e]);
@@ -219,70 +226,33 @@ __global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
   if (tid == 0) a.recs[row * a.n_chunks + chunk] = rec;
 }
 
-template <typename TL, typename TV, int MODE, int NG>
+template <int LCODE, int MODE, int NG>
 void launch_typed(const ScanConfig& cfg, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(cfg.n_chunks), static_cast<unsigned>(cfg.B));
-  chunk_scan_kernel<TL, TV, MODE, NG><<<grid, kNT, 0, stream>>>(cfg);
+  chunk_scan_kernel<LCODE, MODE, NG><<<grid, kNT, 0, stream>>>(cfg);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename TL>
-void launch_mode(const ScanConfig& cfg, at::ScalarType vt, cudaStream_t stream) {
-  if (cfg.mode == kTopkBase) {
-    if (cfg.ng == 1) launch_typed<TL, float, kTopkBase, 1>(cfg, stream);
-    else launch_typed<TL, float, kTopkBase, 2>(cfg, stream);
-    return;
-  }
-  // tilted modes read m value rows per column: chunks of 2048 columns (ng = 1) only
-  dispatch_float(vt, "values", [&](auto vtag) {
-    using TV = decltype(vtag);
-    if (cfg.mode == kTopkTilted) launch_typed<TL, TV, kTopkTilted, 1>(cfg, stream);
-    else launch_typed<TL, TV, kFullGumbel, 1>(cfg, stream);
-  });
-}
-
-at::ScalarType code_to_type(int code) {
-  return code == kF32 ? at::kFloat : (code == kF16 ? at::kHalf : at::kBFloat16);
+template <int LCODE>
+void launch_base(const ScanConfig& cfg, cudaStream_t stream) {
+  if (cfg.ng == 1) launch_typed<LCODE, kTopkBase, 1>(cfg, stream);
+  else launch_typed<LCODE, kTopkBase, 2>(cfg, stream);
 }
 
 }  // namespace
 
-ScanWorkspace plan_scan(ScanConfig& cfg, const at::Tensor& like) {
-  TORCH_CHECK(cfg.N < (int64_t{1} << 31), "logits: at most 2^31 - 1 columns are supported, got ", cfg.N);
-  TORCH_CHECK(cfg.B <= 65535, "logits: the CUDA kernels support at most 65535 rows, got ", cfg.B);
-  if (cfg.mode == kTopkBase) {
-    // smaller chunks when the grid would not fill the GPU twice over
-    const int sms = num_sms(like.get_device());
-    const int64_t big = (cfg.N + chunk_cols(2) - 1) / chunk_cols(2);
-    cfg.ng = (cfg.B * big < 2 * sms) ? 1 : 2;
-  } else {
-    cfg.ng = 1;
-  }
-  const int64_t C = (cfg.N + chunk_cols(cfg.ng) - 1) / chunk_cols(cfg.ng);
-  TORCH_CHECK(C <= 65535 * 16, "logits: row too long for the split-vocabulary kernels");
-  cfg.n_chunks = static_cast<int>(C);
-  const int64_t n_rec = cfg.B * C;
-  const int64_t k = cfg.mode == kFullGumbel ? 0 : cfg.k;
-  const int64_t rec_bytes = n_rec * static_cast<int64_t>(sizeof(ChunkRec));
-  const int64_t cand_bytes = n_rec * k * 4;
-  ScanWorkspace ws;
-  ws.buf = at::empty({rec_bytes + 2 * cand_bytes + 64}, like.options().dtype(at::kByte));
-  auto* p = static_cast<uint8_t*>(ws.buf.data_ptr());
-  ws.recs = reinterpret_cast<ChunkRec*>(p);
-  ws.cand_key = reinterpret_cast<uint32_t*>(p + rec_bytes);
-  ws.cand_id = reinterpret_cast<int32_t*>(p + rec_bytes + cand_bytes);
-  cfg.recs = ws.recs;
-  cfg.cand_key = ws.cand_key;
-  cfg.cand_id = ws.cand_id;
-  return ws;
-}
-
 void launch_chunk_scan(const ScanConfig& cfg, cudaStream_t stream) {
   TORCH_CHECK(cfg.mode == kFullGumbel || (cfg.k >= 1 && cfg.k <= kMaxFastK), "chunk scan: k out of range");
-  dispatch_float(code_to_type(cfg.logits_code), "logits", [&](auto ltag) {
-    using TL = decltype(ltag);
-    launch_mode<TL>(cfg, code_to_type(cfg.values_code), stream);
-  });
+  if (cfg.mode == kTopkBase) {
+    if (cfg.logits_code == kF32) launch_base<kF32>(cfg, stream);
+    else if (cfg.logits_code == kF16) launch_base<kF16>(cfg, stream);
+    else launch_base<kBF16>(cfg, stream);
+  } else if (cfg.mode == kTopkTilted) {
+    // tilted modes read m value rows per column: chunks of 2048 columns (ng = 1) only
+    launch_typed<-1, kTopkTilted, 1>(cfg, stream);
+  } else {
+    launch_typed<-1, kFullGumbel, 1>(cfg, stream);
+  }
 }
 
 // ------------------------------------------------------------------------------ top-k merge

@@ -6,11 +6,11 @@
 //   * flags: NaN, +inf, "has a finite entry", non-finite tilted score where the logit is finite;
 //   * top-k modes: the chunk's exact top-k (key desc, id asc), sorted, in the candidate workspace;
 //   * full-vocab mode: Gumbel-max winner (t + g, lower column on ties) and logsumexp of t.
-// Phase 2 (one block per row) merges the C records of a row; see tilted_sample.cu and
-// topk_candidates.cu.
+// Phase 2 (one block per row) merges the C records of a row; see sample_merge.cu and
+// topk_merge_kernel below (chunk_scan.cu).
 #pragma once
 
-#include "common.cuh"
+#include "device_common.cuh"
 
 namespace mavis_cuda {
 
@@ -58,17 +58,7 @@ struct ScanConfig {
 
 inline int64_t chunk_cols(int ng) { return 256LL * 8 * ng; }
 
-// Workspace of one launch: records and candidates, from the caching allocator (no memset needed:
-// phase 1 writes every record and the first `count` candidates of every chunk).
-struct ScanWorkspace {
-  at::Tensor buf;
-  ChunkRec* recs = nullptr;
-  uint32_t* cand_key = nullptr;
-  int32_t* cand_id = nullptr;
-};
-
-// Chooses the chunk size (cfg.ng, cfg.n_chunks) for the row shape and allocates the workspace.
-ScanWorkspace plan_scan(ScanConfig& cfg, const at::Tensor& like);
+// Sizing of the launch (chunks, workspace) is done on the host (ops_cuda.cu: plan_scan).
 
 // Launches phase 1 on `stream` (checks the launch).
 void launch_chunk_scan(const ScanConfig& cfg, cudaStream_t stream);

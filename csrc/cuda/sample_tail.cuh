@@ -11,7 +11,7 @@
 //   logp:    (t_tok - max) - log(sum exp(t - max)) over what stays.
 #pragma once
 
-#include "common.cuh"
+#include "device_common.cuh"
 
 namespace mavis_cuda {
 

@@ -3,13 +3,25 @@
 // or, without values, out = logits / T.
 #pragma once
 
-#include "common.cuh"
+#include "device_common.cuh"
 
 namespace mavis_cuda {
 
-// values/weights may be undefined (then out = logits / T). status: int32 [B] (weights check) or
-// nullptr. Returns the fp32 [B, N] output.
-at::Tensor launch_tilt(const at::Tensor& logits, const at::Tensor& values, const at::Tensor& weights, float beta,
-                       float temperature, int32_t* status, cudaStream_t stream);
+struct TiltArgs {
+  const void* logits;
+  int logits_code;
+  const void* values;  // [B, m, N] or nullptr
+  int values_code;
+  const float* weights;  // [m] / [B, m] float32, or nullptr (no values)
+  bool w_per_row;
+  int m;
+  int64_t B, N;
+  float beta, temperature;
+  bool vec_logits, vec_values, vec_out;
+  float* out;       // [B, N] float32
+  int32_t* status;  // [B] (weights check) or nullptr
+};
+
+void launch_tilt_kernel(const TiltArgs& a, cudaStream_t stream);
 
 }  // namespace mavis_cuda

@@ -1,16 +1,33 @@
 // Value-head GEMVs, one warp per output position (see value_heads.cu).
 #pragma once
 
-#include "common.cuh"
+#include "device_common.cuh"
 
 namespace mavis_cuda {
 
-// Q-head mode: hidden [B, d], head_weight [m, V, d], head_bias [m, V] (or undefined),
-// cand [B, K] int64. With weights ([m] / [B, m] float32) writes out [B, K] = sum_i w_i * value_i,
-// else out [B, m, K]. Only the K candidate rows of each head are read. status (int32 [1], zeroed)
-// may be nullptr; it receives kCandOutOfRange / kWeightsBad by atomicOr. All tensors contiguous.
-void launch_qhead(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& head_bias,
-                  const at::Tensor& cand, const at::Tensor& weights, at::Tensor& out, int32_t* status,
-                  cudaStream_t stream);
+// Prefix mode: positions (b, n) of hidden [B, P=N, d], heads W [m, d], bias [m] (V = 1).
+// Q-head mode: positions (b, j) of cand [B, P=K], hidden [B, d], heads W [m, V, d], bias [m, V];
+// only the K candidate rows of each head are read. With weights ([m] / [B, m] float32) out is
+// [B, P] = sum_i w_i * value_i, else [B, m, P]. status (int32 [1], zeroed) may be nullptr; it
+// receives kCandOutOfRange / kWeightsBad by atomicOr. All tensors contiguous.
+struct HeadArgs {
+  const void* hidden;
+  int hidden_code;
+  const void* weight;
+  int weight_code;
+  const void* bias;  // nullptr: no bias
+  int bias_code;
+  const int64_t* cand;  // Q-head mode
+  const float* weights;  // nullptr: per-head output
+  bool w_per_row;
+  int64_t B, P;  // rows, positions per row (N or K)
+  int m;
+  int64_t V, d;
+  bool vec;
+  float* out;
+  int32_t* status;
+};
+
+void launch_heads(const HeadArgs& a, bool qhead, cudaStream_t stream);
 
 }  // namespace mavis_cuda

@@ -21,10 +21,10 @@ DEFAULT_OUT = "./mavis_demo_out"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
-    p.add_argument("--quick", action="store_true", help="CI size: horizon 4, 2 iterations, fewer trees (< 1 min)")
+    p.add_argument("--quick", action="store_true", help="CI size: horizon 4, 2 iterations, 64 trees (< 1 min)")
     p.add_argument("--beta", type=float, default=3.0, help="tilt strength; J_w = E[w.r] - KL/beta (default 3)")
     p.add_argument("--iterations", type=int, default=None, help="value-model iterations (default 4; --quick 2)")
-    p.add_argument("--trees", type=int, default=None, help="rollout trees per iteration (default 128; --quick 48)")
+    p.add_argument("--trees", type=int, default=None, help="rollout trees per iteration (default 96; --quick 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=3, help="sampled responses printed per weight vector")
     p.add_argument("--no-bench", action="store_true", help="skip the op-latency table")
@@ -34,10 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _settings(args):
     from ..evaluation import QualitySettings
 
+    # exact_diagnostics off: the demo compares what a user gets (trained MAVIS) with the optimum, the
+    # MOD mix and the base model; `mavis eval` adds the perfect-regression MAVIS policies.
     if args.quick:
-        s = QualitySettings(horizon=4, iterations=2, trees=48, epochs=5, base_train_steps=150)
+        s = QualitySettings(horizon=4, iterations=2, trees=64, epochs=6, exact_diagnostics=False)
     else:
-        s = QualitySettings(horizon=5, iterations=4, trees=128, epochs=6)
+        s = QualitySettings(horizon=5, iterations=4, trees=96, epochs=4, exact_diagnostics=False)
     s.beta = args.beta
     s.seed = args.seed
     s.out_dir = args.out
@@ -54,9 +56,10 @@ def _settings(args):
     return s
 
 
-def _print_samples(res, s, n: int, log) -> None:
-    """A few responses per weight vector from the best iteration's value models, decoded by the
-    real engine (``MavisGenerator``), with their rewards."""
+def _print_samples(res, s, n: int, log, n_check: int = 256) -> None:
+    """Responses per weight vector from the best iteration's value models, decoded by the real
+    engine (``MavisGenerator``), and the engine's sampled mean rewards next to the exact
+    expectation of the same policy (a cross-check of the decoding path against the enumeration)."""
     from ..decoding import MavisGenerator
     from ..values import load_value_models
 
@@ -69,15 +72,23 @@ def _print_samples(res, s, n: int, log) -> None:
     gen = MavisGenerator(tb.model, vm, tb.tokenizer)
     fns = tb.reward_fns()
     k = tb.V if s.top_k <= 0 else min(s.top_k, tb.V)
-    log(f"\nSampled responses (MavisGenerator, value models of {best}, beta {s.beta}, top_k {k}):")
-    for w in ([1.0, 0.0], [0.5, 0.5], [0.0, 1.0]):
-        out = gen.generate([tb.prompt] * n, weights=w, beta=s.beta, top_k=k, max_new_tokens=tb.horizon, seed=s.seed)
-        scores = {o: fn([tb.prompt] * n, out.texts) for o, fn in fns.items()}
-        log(f"  w = {dict(zip(tb.objectives, w))}")
+    by_w = {tuple(r["weights"]): r["policies"][best] for r in res["rows"]}
+    log(f"\nSampled responses (MavisGenerator, value models of {best}, beta {s.beta}, top_k {k}); "
+        f"mean over {n_check} samples vs the exact expectation:")
+    grid = list(by_w)
+    picks = [grid[0], grid[len(grid) // 2], grid[-1]] if len(grid) >= 3 else grid
+    for w in picks:
+        N = max(n, n_check)
+        out = gen.generate([tb.prompt] * N, weights=list(w), beta=s.beta, top_k=k, max_new_tokens=tb.horizon,
+                           seed=s.seed)
+        scores = {o: fn([tb.prompt] * N, out.texts) for o, fn in fns.items()}
+        ex = by_w[w]
+        means = ", ".join(f"E[{o}] {float(scores[o].mean()):+.3f} (exact {ex['r_' + o]:+.3f})" for o in tb.objectives)
+        log(f"  w = {dict(zip(tb.objectives, w))}: {means}, KL {float(out.kl.mean()):.3f} (exact {ex['kl']:.3f})")
         for b in range(n):
             r = ", ".join(f"{o}={float(scores[o][b]):+.2f}" for o in tb.objectives)
-            text = out.texts[b] + (" </s>" if bool(out.finished[b]) else "")
-            log(f"    {text!r:42s} {r}, KL est {float(out.kl[b]):.2f}")
+            text = (out.texts[b].strip() + (" </s>" if bool(out.finished[b]) else "")).strip()
+            log(f"    {text!r:34s} {r}")
 
 
 def _bench_module():
@@ -150,12 +161,25 @@ def run(args) -> int:
 
     from ..evaluation import run_quality
 
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     s = _settings(args)
+    try:  # the value-model checkpoints are saved/loaded many times: keep their bars out of the output
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
     progress = not args.no_progress
     log = print
     from tqdm.auto import tqdm
 
+    # The demo always trains from scratch: a previous demo's checkpoints (recognised by the training
+    # run record) are removed rather than resumed, so settings can change between runs.
+    vm_dir = os.path.join(s.out_dir, "value_models")
+    if os.path.isfile(os.path.join(vm_dir, "run.json")):
+        import shutil
+
+        shutil.rmtree(vm_dir)
     stages = tqdm(total=4, desc="mavis demo", disable=not progress, position=0)
     stages.set_postfix_str("testbed, training, exact sweep")
     res = run_quality(s, train=True, progress=progress, log=log)
@@ -177,7 +201,7 @@ def run(args) -> int:
     stages.update(1)
     stages.close()
     t = res["timings"]
-    log(f"\nDone in {time.perf_counter() - t_start:.1f} s (testbed {t.get('build_testbed_s', 0):.1f} s, training "
+    log(f"\nDone in {time.perf_counter() - t_start:.1f} s wall, {time.process_time() - c_start:.1f} s CPU (testbed {t.get('build_testbed_s', 0):.1f} s, training "
         f"{t.get('train_value_models_s', 0):.1f} s, sweep {t.get('sweep_s', 0):.1f} s; torch threads "
         f"{torch.get_num_threads()}).")
     return 0

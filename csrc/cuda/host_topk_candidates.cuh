@@ -1,15 +1,16 @@
-// topk_candidates on CUDA: phase 1 (chunk_scan.cu, mode kTopkBase) computes every chunk's exact
-// top-k of logits / T and its logsumexp in one pass over the logits; phase 2 (topk_merge_kernel)
-// merges them per row with the same radix select. Two launches, k <= 256; larger k takes the
-// ATen slow path (slow_paths.cu).
-#include "chunk_scan.cuh"
-#include "host_checks.cuh"
-#include "slow_paths.cuh"
+// topk_candidates on CUDA, host side: phase 1 (chunk_scan.cu, mode kTopkBase) computes every
+// chunk's exact top-k of logits / T and its logsumexp in one pass over the logits; phase 2
+// (topk_merge_kernel) merges them per row. Two launches for k <= 256; larger k takes the ATen slow
+// path.
+#pragma once
+
+#include "host_scan.cuh"
+#include "host_slow_paths.cuh"
 
 namespace mavis_cuda {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_candidates_cuda(const at::Tensor& logits_in, int64_t k,
-                                                                    double temperature) {
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_candidates_cuda(const at::Tensor& logits_in, int64_t k,
+                                                                           double temperature) {
   mavis::check_logits(logits_in);
   check_cuda(logits_in, "logits");
   mavis::check_temperature(temperature);
@@ -46,5 +47,3 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_candidates_cuda(const at::Te
 }
 
 }  // namespace mavis_cuda
-
-TORCH_LIBRARY_IMPL(mavis, CUDA, m) { m.impl("topk_candidates", &mavis_cuda::topk_candidates_cuda); }

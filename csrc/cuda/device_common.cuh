@@ -1,7 +1,7 @@
-// Shared plumbing for the CUDA kernels of mavis: dtype dispatch, 16-byte loads, fp32 math that
-// matches the reference bit for bit (no FMA contraction), warp/block reductions, and the
-// per-row status words through which data-dependent errors (NaN logits, NaN weights, ...) reach
-// the host without ever producing a silent wrong token.
+// Device-side plumbing shared by the CUDA kernels of mavis: 16-byte loads of fp32/fp16/bf16, fp32
+// math that matches the reference bit for bit (no FMA contraction), warp/block reductions, noise
+// parameters and the per-row status bits. Only light headers (no ATen) so that the kernel
+// translation units compile quickly; the ATen-facing host code is in host_common.cuh / ops_cuda.cu.
 //
 // Error policy (see benchmarks/CUDA_NOTES.md): every kernel that can see bad data writes a status
 // code per row. Rows with an error get token id -1 and NaN log-probs (NaN candidate logits / lse
@@ -11,23 +11,20 @@
 // message.
 #pragma once
 
-#include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <torch/library.h>
 
+#include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <vector>
+#include <cstring>
 
 #include "mavis/ordered_key.h"
 #include "mavis/philox.h"
 #include "mavis/tilt.h"
-#include "op_checks.h"
 
 namespace mavis_cuda {
 
@@ -45,64 +42,6 @@ enum StatusBits : int {
   kCandOutOfRange = 32,
   kLogitsErrors = kLogitsNaN | kLogitsPosInf | kRowNoFinite,
 };
-
-inline bool host_checks_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MAVIS_CUDA_CHECKS");
-    return !(e != nullptr && e[0] == '0');
-  }();
-  return on;
-}
-
-inline bool stream_is_capturing(cudaStream_t stream) {
-  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
-  return st != cudaStreamCaptureStatusNone;
-}
-
-// Raise the error of highest priority in `bits`, in the order the reference checks them.
-inline void raise_status(int bits, const char* values_detail = "NaN or inf in values") {
-  TORCH_CHECK(!(bits & kLogitsNaN), "logits: contains NaN");
-  TORCH_CHECK(!(bits & kLogitsPosInf), "logits: contains +inf");
-  TORCH_CHECK(!(bits & kRowNoFinite), "logits: a row has no finite entry (all -inf)");
-  TORCH_CHECK(!(bits & kCandOutOfRange), "candidate_ids: an id is outside [0, V)");
-  TORCH_CHECK(!(bits & kWeightsBad), "weights: contains NaN or inf");
-  TORCH_CHECK(!(bits & kValuesBad), "values: tilted scores are not finite (", values_detail, ")");
-}
-
-// One small D2H copy of the int32 status words (skipped while capturing a CUDA graph: there the
-// bad rows carry id -1 / NaN instead).
-inline void check_status(const at::Tensor& status, cudaStream_t stream,
-                         const char* values_detail = "NaN or inf in values") {
-  if (!host_checks_enabled() || stream_is_capturing(stream)) return;
-  const int64_t n = status.numel();
-  std::vector<int32_t> h(static_cast<size_t>(n));
-  C10_CUDA_CHECK(cudaMemcpyAsync(h.data(), status.data_ptr<int32_t>(), n * sizeof(int32_t),
-                                 cudaMemcpyDeviceToHost, stream));
-  C10_CUDA_CHECK(cudaStreamSynchronize(stream));
-  int bits = 0;
-  for (int32_t v : h) bits |= v;
-  raise_status(bits, values_detail);
-}
-
-// ------------------------------------------------------------------------------ dtype dispatch
-// Only the three dtypes of the contract (AT_DISPATCH_FLOATING_TYPES_AND2 would add double).
-template <typename F>
-void dispatch_float(at::ScalarType st, const char* name, F&& f) {
-  switch (st) {
-    case at::kFloat: f(float{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    case at::kBFloat16: f(c10::BFloat16{}); break;
-    default: TORCH_CHECK(false, name, ": expected float32, float16 or bfloat16, got ", st);
-  }
-}
-
-// True when every 8-element granule starting at a column multiple of 8 of every row is 16-byte
-// aligned, so it can be read with 16-byte vector loads.
-inline bool rows_vec_aligned(const at::Tensor& t, int64_t row_len) {
-  const auto p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  return (p % 16 == 0) && ((row_len * static_cast<int64_t>(t.element_size())) % 16 == 0);
-}
 
 // ------------------------------------------------------------------------------------- loads
 template <typename T>
@@ -173,15 +112,6 @@ __device__ __forceinline__ float gumbel_at(const NoiseParams& np, int64_t row, i
   return mavis::gumbel_noise(s, o, row_ctr, static_cast<uint32_t>(col));
 }
 
-inline NoiseParams make_noise(const at::Tensor& seed, const at::Tensor& offset, int64_t B) {
-  NoiseParams np;
-  np.seed = seed.data_ptr<int64_t>();
-  np.offset = offset.data_ptr<int64_t>();
-  np.seed_per_row = seed.numel() == B && B > 1;
-  np.offset_per_row = offset.numel() == B && B > 1;
-  np.row_in_counter = seed.numel() == 1 && offset.numel() == 1;
-  return np;
-}
 
 // --------------------------------------------------------------------------- reductions
 struct ArgBest {  // Gumbel-max winner: larger score first, then the lower column
@@ -303,9 +233,6 @@ __device__ __forceinline__ int block_or(int v, int* scratch) {
   return r;
 }
 
-inline int num_sms(int device) {
-  return at::cuda::getDeviceProperties(device)->multiProcessorCount;
-}
 
 }  // namespace mavis_cuda
 
@@ -315,20 +242,20 @@ namespace mavis_cuda {
 // cheaper than multiplying template instantiations).
 enum DtypeCode : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
-inline int dtype_code(at::ScalarType st) {
-  switch (st) {
-    case at::kFloat: return kF32;
-    case at::kHalf: return kF16;
-    case at::kBFloat16: return kBF16;
-    default: TORCH_CHECK(false, "expected float32, float16 or bfloat16, got ", st);
-  }
-  return kF32;
-}
 
 __device__ __forceinline__ float load_any(const void* p, int code, int64_t i) {
   if (code == kF32) return __ldg(static_cast<const float*>(p) + i);
   if (code == kF16) return __half2float(static_cast<const __half*>(p)[i]);
   return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+}
+
+// load8 with the element type chosen at run time (a uniform branch): one kernel serves every
+// dtype combination, which keeps the number of template instantiations (and the build time) small.
+__device__ __forceinline__ void load8_rt(const void* base, int code, int64_t idx, bool vec, int n_valid,
+                                         float (&f)[8]) {
+  if (code == kF32) load8<float>(static_cast<const float*>(base) + idx, vec, n_valid, f);
+  else if (code == kF16) load8<c10::Half>(static_cast<const c10::Half*>(base) + idx, vec, n_valid, f);
+  else load8<c10::BFloat16>(static_cast<const c10::BFloat16*>(base) + idx, vec, n_valid, f);
 }
 
 }  // namespace mavis_cuda

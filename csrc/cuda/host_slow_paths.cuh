@@ -1,83 +1,44 @@
-// Slow paths (see slow_paths.cuh): the reference algorithm written with ATen ops on the device
-// (stable sort, softmax, cumsum, scatter; no host synchronisation), plus masked_sample_kernel for
-// the Gumbel-max draw with the shared counter noise. Used only where the fused kernels do not
-// apply (k > 256, or a nucleus over the whole vocabulary), so clarity wins over speed here.
-#include "slow_paths.cuh"
-#include "tilt_kernel.cuh"
+// Slow paths, host side: the reference algorithm written with ATen ops on the device (stable sort,
+// softmax, cumsum, scatter: no host synchronisation, so still CUDA-graph capturable) plus
+// masked_sample_kernel for the draw. They cover what the fused kernels do not:
+//   * tilted_sample with 256 < top_k < N, or with no top-k (top_k == 0 or N) and top_p < 1
+//     (a nucleus over the whole vocabulary needs a full sort);
+//   * topk_candidates with k > 256;
+//   * guided_sample with top_k > 256 (steps 1-2 and 4).
+#pragma once
+
+#include <tuple>
+
+#include "host_common.cuh"
+#include "host_tilt.cuh"
+#include "masked_sample.cuh"
 
 namespace mavis_cuda {
-namespace {
 
-constexpr int kNT = 256;
-
-struct MaskedSmem {
-  mavis::LseAcc lse_s[kNT / 32];
-  ArgBest arg_s[kNT / 32];
-};
-
-// One block per row: Gumbel-max over the kept columns, logsumexp of t over them and of base over
-// its finite entries (or logp_base = base[tok] - lse_override[row] when given).
-__global__ void __launch_bounds__(kNT)
-    masked_sample_kernel(const float* __restrict__ t, const float* __restrict__ base, const bool* __restrict__ keep,
-                         int64_t N, NoiseParams noise, const int64_t* __restrict__ cand_map,
-                         const float* __restrict__ lse_override, const int32_t* __restrict__ status_in,
-                         int64_t* out_ids, float* out_lt, float* out_lb, int32_t* status_out) {
-  __shared__ MaskedSmem sm;
-  const int tid = threadIdx.x;
-  const int64_t row = blockIdx.x;
-  mavis::LseAcc lt = mavis::lse_init(), lb = mavis::lse_init();
-  ArgBest best{-INFINITY, -1, 0.0f};
-  for (int64_t col = tid; col < N; col += kNT) {
-    const int64_t i = row * N + col;
-    const float b = base[i];
-    if (isfinite(b)) mavis::lse_push(lb, b);
-    if (keep[i]) {
-      const float tv = t[i];
-      mavis::lse_push(lt, tv);
-      best = arg_merge(best, ArgBest{tv + gumbel_at(noise, row, col), col, tv});
-    }
-  }
-  lt = block_lse<kNT>(lt, sm.lse_s);
-  lb = block_lse<kNT>(lb, sm.lse_s);
-  best = block_arg<kNT>(best, sm.arg_s);
-  if (tid != 0) return;
-  const int st = status_in[row];
-  if (st != 0 || best.col < 0) {
-    out_ids[row] = -1;
-    out_lt[row] = NAN;
-    out_lb[row] = NAN;
-    status_out[row] = st != 0 ? st : kRowNoFinite;
-    return;
-  }
-  const float b_tok = base[row * N + best.col];
-  out_ids[row] = cand_map != nullptr ? cand_map[row * N + best.col] : best.col;
-  out_lt[row] = (best.t - lt.max) - logf(lt.sum);
-  out_lb[row] = lse_override != nullptr ? b_tok - lse_override[row] : (b_tok - lb.max) - logf(lb.sum);
-  status_out[row] = 0;
-}
+using Sample3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // Per-row logits error bits of the scaled logits, as the reference's _check_rows sees them.
-at::Tensor row_flags(const at::Tensor& base) {
+inline at::Tensor row_flags(const at::Tensor& base) {
   const at::Tensor nan = at::isnan(base).any(-1).to(at::kInt);
   const at::Tensor pinf = at::isposinf(base).any(-1).to(at::kInt);
   const at::Tensor nofin = at::isfinite(base).any(-1).logical_not().to(at::kInt);
   return nan.mul(kLogitsNaN).add(pinf.mul(kLogitsPosInf)).add(nofin.mul(kRowNoFinite));
 }
 
-at::Tensor weight_flags(const at::Tensor& w, int64_t B) {
+inline at::Tensor weight_flags(const at::Tensor& w, int64_t B) {
   const at::Tensor bad = at::isfinite(w).logical_not();
   const at::Tensor rows = w.dim() == 1 ? bad.any().expand({B}) : bad.any(-1);
   return rows.to(at::kInt).mul(kWeightsBad);
 }
 
-at::Tensor topk_mask(const at::Tensor& src, int64_t k) {
+inline at::Tensor topk_mask(const at::Tensor& src, int64_t k) {
   const at::Tensor idx = std::get<1>(at::sort(src, /*stable=*/true, /*dim=*/-1, /*descending=*/true)).slice(1, 0, k);
   return at::zeros(src.sizes(), src.options().dtype(at::kBool)).scatter_(1, idx, true);
 }
 
 // Nucleus rule of the reference: rank by t descending (stable: ties to the lower column), keep a
 // column when the mass ranked strictly before it is < top_p.
-at::Tensor apply_nucleus(const at::Tensor& t, const at::Tensor& keep, float top_p) {
+inline at::Tensor apply_nucleus(const at::Tensor& t, const at::Tensor& keep, float top_p) {
   const at::Tensor masked = at::where(keep, t, at::full_like(t, -INFINITY));
   const at::Tensor p = at::softmax(masked, -1);
   const at::Tensor order = std::get<1>(at::sort(masked, /*stable=*/true, /*dim=*/-1, /*descending=*/true));
@@ -87,7 +48,7 @@ at::Tensor apply_nucleus(const at::Tensor& t, const at::Tensor& keep, float top_
   return keep.logical_and(nucleus);
 }
 
-Sample3 run_masked_sample(const at::Tensor& t, const at::Tensor& base, const at::Tensor& keep,
+inline Sample3 run_masked_sample(const at::Tensor& t, const at::Tensor& base, const at::Tensor& keep,
                           const NoiseParams& noise, const at::Tensor& cand_map, const at::Tensor& lse_override,
                           at::Tensor& status, cudaStream_t stream) {
   const int64_t B = t.size(0), N = t.size(1);
@@ -97,18 +58,25 @@ Sample3 run_masked_sample(const at::Tensor& t, const at::Tensor& base, const at:
   at::Tensor logp_b = at::empty({B}, opts);
   const at::Tensor st_in = status.contiguous().clone();
   const at::Tensor t_c = t.contiguous(), base_c = base.contiguous(), keep_c = keep.contiguous();
-  masked_sample_kernel<<<static_cast<unsigned>(B), kNT, 0, stream>>>(
-      t_c.data_ptr<float>(), base_c.data_ptr<float>(), keep_c.data_ptr<bool>(), N, noise,
-      cand_map.defined() ? cand_map.data_ptr<int64_t>() : nullptr,
-      lse_override.defined() ? lse_override.data_ptr<float>() : nullptr, st_in.data_ptr<int32_t>(),
-      ids.data_ptr<int64_t>(), logp_t.data_ptr<float>(), logp_b.data_ptr<float>(), status.data_ptr<int32_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  MaskedSampleArgs a{};
+  a.t = t_c.data_ptr<float>();
+  a.base = base_c.data_ptr<float>();
+  a.keep = keep_c.data_ptr<bool>();
+  a.B = B;
+  a.N = N;
+  a.noise = noise;
+  a.cand_map = cand_map.defined() ? cand_map.data_ptr<int64_t>() : nullptr;
+  a.lse_override = lse_override.defined() ? lse_override.data_ptr<float>() : nullptr;
+  a.status_in = st_in.data_ptr<int32_t>();
+  a.out_ids = ids.data_ptr<int64_t>();
+  a.out_lt = logp_t.data_ptr<float>();
+  a.out_lb = logp_b.data_ptr<float>();
+  a.status_out = status.data_ptr<int32_t>();
+  launch_masked_sample(a, stream);
   return {ids, logp_t, logp_b};
 }
 
-}  // namespace
-
-Sample3 tilted_sample_slow(const at::Tensor& logits, const at::Tensor& values, const at::Tensor& weights, float beta,
+inline Sample3 tilted_sample_slow(const at::Tensor& logits, const at::Tensor& values, const at::Tensor& weights, float beta,
                            float temperature, int64_t top_k, float top_p, bool topk_on_tilted,
                            const at::Tensor& candidate_ids, const NoiseParams& noise, cudaStream_t stream) {
   const int64_t B = logits.size(0), N = logits.size(1);
@@ -137,7 +105,7 @@ Sample3 tilted_sample_slow(const at::Tensor& logits, const at::Tensor& values, c
   return res;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_candidates_slow(const at::Tensor& logits, int64_t k,
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_candidates_slow(const at::Tensor& logits, int64_t k,
                                                                     float temperature, at::Tensor& status,
                                                                     cudaStream_t stream) {
   const at::Tensor base = launch_tilt(logits, at::Tensor(), at::Tensor(), 0.0f, temperature, nullptr, stream);
@@ -153,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_candidates_slow(const at::Te
   return {vals, idx, lse};
 }
 
-Sample3 guided_tail_slow(const at::Tensor& cand_logits, const at::Tensor& cand_ids, const at::Tensor& lse,
+inline Sample3 guided_tail_slow(const at::Tensor& cand_logits, const at::Tensor& cand_ids, const at::Tensor& lse,
                          const at::Tensor& comb, const at::Tensor& weights, float beta, float top_p,
                          const NoiseParams& noise, at::Tensor& status, cudaStream_t stream) {
   const int64_t B = cand_logits.size(0);

@@ -1,83 +1,22 @@
-// guided_sample on CUDA: the fused MAVIS step for Q-head value models, four launches, no host
-// synchronisation except the optional status check:
+// guided_sample on CUDA, host side: the fused MAVIS step for Q-head value models, four launches,
+// no host synchronisation except the optional status check:
 //   1. chunk_scan (kTopkBase): split-vocabulary top-k of logits / T and logsumexp, one pass;
 //   2. topk_merge_kernel: per row, the sorted top-k candidates, lse, number of finite candidates;
-//   3. head_kernel (value_heads.cu, Q-head mode with weights): one warp per (row, candidate)
-//      gathers the candidate's row of each of the m heads (16-byte loads) and folds the weights;
-//   4. guided_tail_kernel (here): t = cand + beta * comb, nucleus, Gumbel-max with the candidate
-//      position as noise column, logp_base = cand - lse.
-// top_k > 256: the ATen slow path for steps 1-2 and 4 (slow_paths.cu).
-#include "chunk_scan.cuh"
-#include "host_checks.cuh"
-#include "sample_tail.cuh"
-#include "slow_paths.cuh"
-#include "value_heads.cuh"
+//   3. head_kernel (Q-head mode with weights): one warp per (row, candidate) gathers the
+//      candidate's row of each of the m heads (16-byte loads) and folds bias and weights;
+//   4. guided_tail_kernel: t = cand + beta * comb, nucleus, Gumbel-max with the candidate position
+//      as noise column, logp_base = cand - lse.
+// top_k > 256: the ATen slow path for steps 1-2 and 4.
+#pragma once
+
+#include "guided_tail.cuh"
+#include "host_scan.cuh"
+#include "host_slow_paths.cuh"
+#include "host_value_heads.cuh"
 
 namespace mavis_cuda {
-namespace {
 
-constexpr int kNT = 256;
-
-struct TailArgs {
-  const float* cand_logits;  // [B, K]
-  const int64_t* cand_ids;   // [B, K]
-  const float* lse;          // [B]
-  const int32_t* n_finite;   // [B]
-  const int32_t* status_in;  // [B] from the merge
-  const float* comb;         // [B, K]
-  const float* weights;
-  bool w_per_row;
-  int m, K;
-  float beta, top_p;
-  NoiseParams noise;
-  int64_t* out_ids;
-  float* out_lt;
-  float* out_lb;
-  int32_t* status;
-};
-
-struct TailKernelSmem {
-  TailSmem<kNT> tail;
-  int or_s[kNT / 32];
-};
-
-__global__ void __launch_bounds__(kNT) guided_tail_kernel(const TailArgs a) {
-  __shared__ TailKernelSmem sm;
-  const int tid = threadIdx.x;
-  const int64_t row = blockIdx.x;
-  int err = a.status_in[row];
-  for (int i = tid; i < a.m; i += kNT)
-    if (!isfinite(a.weights[(a.w_per_row ? row * a.m : 0) + i])) err |= kWeightsBad;
-  const int n = a.n_finite[row];  // finite candidates occupy positions [0, n)
-  const float* cand = a.cand_logits + row * a.K;
-  if (tid < n) {
-    const float t = tilt_rn(cand[tid], a.beta, a.comb[row * a.K + tid]);
-    if (!isfinite(t)) err |= kValuesBad;
-    sm.tail.t[tid] = t;
-    sm.tail.col[tid] = tid;
-  }
-  err = block_or<kNT>(err, sm.or_s);
-  if (err || n <= 0) {
-    if (tid == 0) {
-      a.out_ids[row] = -1;
-      a.out_lt[row] = NAN;
-      a.out_lb[row] = NAN;
-      a.status[row] = err ? err : kRowNoFinite;
-    }
-    return;
-  }
-  const TailResult r = sample_tail<kNT>(n, a.top_p, a.noise, row, sm.tail);
-  if (tid == 0) {
-    a.out_ids[row] = a.cand_ids[row * a.K + r.col];
-    a.out_lt[row] = r.logp;
-    a.out_lb[row] = cand[r.col] - a.lse[row];
-    a.status[row] = 0;
-  }
-}
-
-}  // namespace
-
-Sample3 guided_sample_cuda(const at::Tensor& logits_in, const at::Tensor& hidden_in, const at::Tensor& head_weight_in,
+inline Sample3 guided_sample_cuda(const at::Tensor& logits_in, const at::Tensor& hidden_in, const at::Tensor& head_weight_in,
                            const c10::optional<at::Tensor>& head_bias_in, const at::Tensor& weights_in, double beta,
                            int64_t top_k, double temperature, double top_p, const at::Tensor& seed_in,
                            const at::Tensor& offset_in) {
@@ -158,17 +97,14 @@ Sample3 guided_sample_cuda(const at::Tensor& logits_in, const at::Tensor& hidden
   at::Tensor ids = at::empty({B}, opts.dtype(at::kLong));
   at::Tensor logp_t = at::empty({B}, opts);
   at::Tensor logp_b = at::empty({B}, opts);
-  TailArgs a{cand_logits.data_ptr<float>(), cand_ids.data_ptr<int64_t>(), lse.data_ptr<float>(),
+  GuidedTailArgs a{cand_logits.data_ptr<float>(), cand_ids.data_ptr<int64_t>(), lse.data_ptr<float>(),
              n_finite.data_ptr<int32_t>(), merge_status.data_ptr<int32_t>(), comb.data_ptr<float>(),
              weights.data_ptr<float>(), weights.dim() == 2, static_cast<int>(m), static_cast<int>(top_k), beta_f,
              static_cast<float>(top_p), noise, ids.data_ptr<int64_t>(), logp_t.data_ptr<float>(),
              logp_b.data_ptr<float>(), status.data_ptr<int32_t>()};
-  guided_tail_kernel<<<static_cast<unsigned>(B), kNT, 0, stream>>>(a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_guided_tail(a, B, stream);
   check_status(status, stream, detail);
   return {ids, logp_t, logp_b};
 }
 
 }  // namespace mavis_cuda
-
-TORCH_LIBRARY_IMPL(mavis, CUDA, m) { m.impl("guided_sample", &mavis_cuda::guided_sample_cuda); }
