@@ -26,10 +26,19 @@ PY="$VENV/bin/python"
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 NVWHEEL="$SITE/nvidia/cu13"
 [ -d "$NVWHEEL/include" ] || { echo "build_cuda: $NVWHEEL/include not found (torch wheel layout changed?)" >&2; exit 2; }
-CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}"
+# nvcc may be a wrapper script outside the toolkit (e.g. /usr/local/bin/nvcc): prefer CUDA_HOME,
+# then /usr/local/cuda, then the directory above nvcc.
+if [ -z "${CUDA_HOME:-}" ]; then
+  if [ -d /usr/local/cuda/bin ]; then CUDA_HOME=/usr/local/cuda
+  else CUDA_HOME="$(dirname "$(dirname "$(readlink -f "$NVCC")")")"; fi
+fi
 export CUDA_HOME
+# The wheel ships only libcudart.so.13; the linker's -lcudart needs an unversioned name.
+LINKDIR="$VENV/cuda-link"
+mkdir -p "$LINKDIR"
+[ -e "$NVWHEEL/lib/libcudart.so.13" ] && ln -sf "$NVWHEEL/lib/libcudart.so.13" "$LINKDIR/libcudart.so"
 export CPATH="$NVWHEEL/include:$CUDA_HOME/include${CPATH:+:$CPATH}"
-export LIBRARY_PATH="$NVWHEEL/lib:$CUDA_HOME/lib64${LIBRARY_PATH:+:$LIBRARY_PATH}"
+export LIBRARY_PATH="$LINKDIR:$NVWHEEL/lib:$CUDA_HOME/lib64${LIBRARY_PATH:+:$LIBRARY_PATH}"
 log "torch $("$PY" -c 'import torch; print(torch.__version__, torch.version.cuda)'), nvcc $("$NVCC" --version | tail -1)"
 
 log "build (FORCE_CUDA=1, archs ${TORCH_CUDA_ARCH_LIST:-8.0;9.0})"

@@ -476,6 +476,17 @@ def train_value_tables(tb: Testbed, s: QualitySettings, out_dir: str, *, rollout
     return dirs, tables
 
 
+def quiet_transformers_progress() -> None:
+    """Hide transformers' per-load/save progress bars (the checkpoints are saved and loaded many
+    times); for the commands and scripts, not called by library functions."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
 def _tqdm(progress: bool):
     if not progress:
         return lambda it, **kw: it

@@ -145,6 +145,9 @@ def value_heads(hidden, head_weight, head_bias=None, candidate_ids=None, weights
         if head_bias is not None:
             vals = vals + head_bias.float().view(1, -1, 1)
     else:  # Q-head mode: hidden [B, d], W [m, V, d], ids [B, K] -> [B, m, K]
+        V = W.shape[1]
+        if candidate_ids.numel() and not ((candidate_ids >= 0) & (candidate_ids < V)).all():
+            raise ValueError(f"candidate_ids: an id is out of range [0, {V})")
         rows = W[:, candidate_ids]  # [m, B, K, d]
         vals = torch.einsum("mbkd,bd->bmk", rows, h)
         if head_bias is not None:

@@ -29,7 +29,7 @@ MAVIS_CLONES float block_max(const float* x, int64_t n, bool* bad) {
   const v8f inf = v8_broadcast(kInf);
   for (; i + 8 <= n; i += 8) {
     const v8f v = v8_load(x + i);
-    acc = v > acc ? v : acc;
+    acc = v8_select(v > acc, v, acc);
     vbad |= ~(v < inf);  // NaN or +inf
   }
   for (int j = 0; j < 8; ++j) {
@@ -66,7 +66,7 @@ MAVIS_CLONES float block_max_plain(const float* x, int64_t n) {
   v8f acc = v8_broadcast(-kInf);
   for (; i + 8 <= n; i += 8) {
     const v8f v = v8_load(x + i);
-    acc = v > acc ? v : acc;
+    acc = v8_select(v > acc, v, acc);
   }
   for (int j = 0; j < 8; ++j) m = acc[j] > m ? acc[j] : m;
 #endif
@@ -137,7 +137,7 @@ MAVIS_CLONES bool tilt_masked(const float* s, float* t, int64_t n, float beta) {
     const v8f x = sv + b * v8_load(t + i);  // tilt(): scaled logit + beta * combined, same order
     const v8i base_finite = sv > ninf;
     vbad |= base_finite & ~((x > ninf) & (x < inf));
-    const v8f out = base_finite ? x : ninf;
+    const v8f out = v8_select(base_finite, x, ninf);
     std::memcpy(t + i, &out, sizeof(out));
   }
   for (int j = 0; j < 8; ++j) bad |= vbad[j];

@@ -83,6 +83,10 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 
 inline v8f v8_broadcast(float x) { return v8f{x, x, x, x, x, x, x, x}; }
 
+// mask ? a : b per lane (mask lanes all-ones or zero, as vector compares produce). Bitwise, because
+// `?:` on vector types is not accepted by every compiler version.
+inline v8f v8_select(v8i mask, v8f a, v8f b) { return (v8f)(((v8i)a & mask) | ((v8i)b & ~mask)); }
+
 inline v8f v8_load(const float* p) {
   v8f v;
   std::memcpy(&v, p, sizeof(v));
@@ -92,7 +96,7 @@ inline v8f v8_load(const float* p) {
 inline v8f fast_exp_v8(v8f x) {
   const v8f lo = v8_broadcast(-87.0f);
   const v8i small = x < lo;
-  const v8f xc = x > lo ? x : lo;
+  const v8f xc = v8_select(small, lo, x);
   const v8f t = xc * 1.44269504088896341f + 12582912.0f;
   const v8f n = t - 12582912.0f;
   const v8i ni = (v8i)t - 0x4B400000;

@@ -159,16 +159,11 @@ def _latency_table(log, quick: bool) -> None:
 def run(args) -> int:
     import torch
 
-    from ..evaluation import run_quality
+    from ..evaluation import quiet_transformers_progress, run_quality
 
     t_start, c_start = time.perf_counter(), time.process_time()
     s = _settings(args)
-    try:  # the value-model checkpoints are saved/loaded many times: keep their bars out of the output
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - cosmetic only
-        pass
+    quiet_transformers_progress()
     progress = not args.no_progress
     log = print
     from tqdm.auto import tqdm

@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("prefix", "qhead"), default="prefix", help="value-model mode (default prefix)")
     p.add_argument("--trees", type=int, default=128, help="rollout trees per iteration (default 128)")
     p.add_argument("--epochs", type=int, default=6, help="regression epochs per iteration (default 6)")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch-size", type=int, default=64, help="regression batch (paths per step, default 64)")
+    p.add_argument("--lr", type=float, default=5e-3, help="AdamW learning rate (default 5e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixture-aware", action="store_true",
                    help="also train value models per weight from mixed-weight rollouts and report them side by side")
@@ -50,14 +51,15 @@ def settings_from_args(args):
         raise ValueError(f"--top-k: must be >= 0, got {args.top_k}")
     return QualitySettings(objectives=objectives, horizon=args.horizon, beta=args.beta, iterations=args.iterations,
                            grid_points=args.grid, top_k=args.top_k, mode=args.mode, trees=args.trees,
-                           epochs=args.epochs, lr=args.lr, seed=args.seed, mixture_aware=args.mixture_aware,
+                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, mixture_aware=args.mixture_aware,
                            mixture_iterations=args.mixture_iterations, out_dir=args.out)
 
 
 def run(args) -> int:
-    from ..evaluation import run_quality
+    from ..evaluation import quiet_transformers_progress, run_quality
 
     s = settings_from_args(args)
+    quiet_transformers_progress()
     res = run_quality(s, train=not args.no_train, progress=not args.no_progress)
     print()
     print(res["markdown"])

@@ -70,7 +70,7 @@ MAVIS_HD float gumbel_noise(uint64_t seed, uint64_t offset, uint32_t row, uint32
 
 // Upper bound of gumbel_noise (its value at the largest uniform, 1 - 2^-24: about 16.64), plus a
 // margin for libm differences. Kernels use it to skip the noise of columns that cannot win the
-// Gumbel-max: score + noise <= score + kGumbelMax <= best.
+// Gumbel-max: when score + kGumbelMax < best, score + noise < best as well.
 constexpr float kGumbelMax = 16.75f;
 
 }  // namespace mavis
