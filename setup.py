@@ -30,11 +30,11 @@ def _extension():
     use_cuda = _want_cuda()
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
     sources = ["csrc/ops.cpp"] + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-Wno-psabi", "-DPy_LIMITED_API=0x03090000"]
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-Wno-psabi", "-DPy_LIMITED_API=0x03090000"]
     extra = {"cxx": cxx}
     if use_cuda:
         sources += rel("csrc/cuda/*.cu")
-        extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         print("mavis_ext: building the CUDA extension (CUDA %s)" % torch.version.cuda)
         ext = CUDAExtension
     else:

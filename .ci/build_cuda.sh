@@ -65,7 +65,8 @@ print("CUDA kernels registered for all five ops")
 EOF
 
 log "CPU test suite against the installed build"
-# --import-mode=importlib keeps pytest from putting the repository root on sys.path, so the
-# installed mavis_ext (checked above) is the one under test.
-"$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib --rootdir "$ROOT" "$ROOT/python_tests"
+# Run from /tmp: pytest puts only python_tests/ (no __init__.py; the tests import its conftest) on
+# sys.path, not the repository root, so the installed mavis_ext (checked above) is the one tested.
+"$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" "$ROOT/python_tests"
+"$PY" -c "import mavis_ext, sys; sys.exit(0 if mavis_ext.__file__.startswith('$SITE') else 1)"
 log "done"

@@ -39,5 +39,7 @@ def test_demo_rejects_bad_arguments(tmp_path):
 
     with pytest.raises(ValueError, match="--iterations"):
         main(["demo", "--quick", "--iterations", "0", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--threads"):
+        main(["demo", "--quick", "--threads", "0", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--beta"):
         main(["demo", "--quick", "--beta", "-1", "--out", str(tmp_path)])

@@ -34,7 +34,7 @@ def _len_reward(prompts, responses):
     return torch.tensor([float(len(r.split())) for r in responses])
 
 
-def test_callable_and_spec_strings(tmp_path):
+def test_callable_and_spec_strings(tmp_path, monkeypatch):
     fn = load_reward(_len_reward, "len")
     assert isinstance(fn, CallableReward)
     assert fn(["p", "q"], ["a b", "c"]).tolist() == [2.0, 1.0]
@@ -44,7 +44,12 @@ def test_callable_and_spec_strings(tmp_path):
     f.write_text("import torch\ndef score(p, r):\n    return torch.tensor([len(x) for x in r], dtype=torch.float32)\n")
     fn = load_reward(f"{f}:score", "s")
     assert fn(["x"], ["abc"]).tolist() == [3.0]
-    fn = load_reward("python_tests.test_rewards:_len_reward", "m")
+    # "module:function" resolves through sys.path (not only the repository root).
+    (tmp_path / "rewmod_q.py").write_text(
+        "import torch\ndef words(p, r):\n    return torch.tensor([len(x.split()) for x in r], dtype=torch.float32)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fn = load_reward("rewmod_q:words", "m")
     assert fn(["x"], ["a b c"]).tolist() == [3.0]
     with pytest.raises(ValueError, match="reward 'm'.*cannot import 'no_such_mod_q'"):
         load_reward("no_such_mod_q:f", "m")

@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trees", type=int, default=None, help="rollout trees per iteration (default 96; --quick 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=3, help="sampled responses printed per weight vector")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the testbed/training stages (default 1: the models are tiny and extra "
+                        "threads only add synchronisation); the op-latency table uses all cores")
     p.add_argument("--no-bench", action="store_true", help="skip the op-latency table")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -158,16 +161,17 @@ def _latency_table(log, quick: bool) -> None:
 
 def run(args) -> int:
     import torch
+    from tqdm.auto import tqdm
 
     from ..evaluation import quiet_transformers_progress, run_quality
 
     t_start, c_start = time.perf_counter(), time.process_time()
     s = _settings(args)
+    if args.threads < 1:
+        raise ValueError(f"--threads: must be >= 1, got {args.threads}")
     quiet_transformers_progress()
     progress = not args.no_progress
     log = print
-    from tqdm.auto import tqdm
-
     # The demo always trains from scratch: a previous demo's checkpoints (recognised by the training
     # run record) are removed rather than resumed, so settings can change between runs.
     vm_dir = os.path.join(s.out_dir, "value_models")
@@ -175,28 +179,30 @@ def run(args) -> int:
         import shutil
 
         shutil.rmtree(vm_dir)
-    stages = tqdm(total=4, desc="mavis demo", disable=not progress, position=0)
+    stages = tqdm(total=3, desc="mavis demo", disable=not progress, position=0)
     stages.set_postfix_str("testbed, training, exact sweep")
-    res = run_quality(s, train=True, progress=progress, log=log)
-    stages.update(1)
-    log("")
-    log(res["markdown"])
-    log("")
-    log("Files: " + ", ".join(res["files"]))
-    stages.set_postfix_str("samples")
+    all_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     try:
-        _print_samples(res, s, args.samples, log)
-    finally:
+        res = run_quality(s, train=True, progress=progress, log=log)
         stages.update(1)
+        log("")
+        log(res["markdown"])
+        log("")
+        log("Files: " + ", ".join(res["files"]))
+        stages.set_postfix_str("samples")
+        _print_samples(res, s, args.samples, log)
+        stages.update(1)
+    finally:
+        torch.set_num_threads(all_threads)
     stages.set_postfix_str("op latency")
     if not args.no_bench:
         log("")
         _latency_table(log, args.quick)
     stages.update(1)
-    stages.update(1)
     stages.close()
     t = res["timings"]
-    log(f"\nDone in {time.perf_counter() - t_start:.1f} s wall, {time.process_time() - c_start:.1f} s CPU (testbed {t.get('build_testbed_s', 0):.1f} s, training "
-        f"{t.get('train_value_models_s', 0):.1f} s, sweep {t.get('sweep_s', 0):.1f} s; torch threads "
-        f"{torch.get_num_threads()}).")
+    log(f"\nDone in {time.perf_counter() - t_start:.1f} s wall, {time.process_time() - c_start:.1f} s CPU (testbed "
+        f"{t.get('build_testbed_s', 0):.1f} s, training {t.get('train_value_models_s', 0):.1f} s, sweep "
+        f"{t.get('sweep_s', 0):.1f} s; {args.threads} torch thread(s), latency table on {all_threads}).")
     return 0
