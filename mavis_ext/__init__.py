@@ -11,6 +11,25 @@ from .ops import guided_sample, make_seed, tilt_logits, tilted_sample, topk_cand
 
 __version__ = "0.1.0"
 
+# The Hugging Face layer is imported on first use, so `import mavis_ext` (the ops) stays light.
+_LAZY = {
+    "ValueModel": "values",
+    "ValueEnsemble": "values",
+    "load_value_models": "values",
+    "MavisGenerator": "decoding",
+    "GenerationOutput": "decoding",
+    "MavisLogitsProcessor": "hf",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'mavis_ext' has no attribute {name!r}")
+
+
 __all__ = [
     "HAS_C",
     "has_cuda_kernels",
@@ -22,4 +41,5 @@ __all__ = [
     "guided_sample",
     "make_seed",
     "__version__",
+    *_LAZY,
 ]

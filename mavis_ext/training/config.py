@@ -27,7 +27,10 @@ class TrainConfig:
     beta: Union[float, Dict[str, float]] = 1.0      # one beta, or one per objective (per-objective rollouts)
     zeta: float = 0.0                                # KL weight in the labels: label = value - zeta * logratio
     kl_penalty_iteration0: bool = False              # paper: iteration 0 (pi_ref data) has no penalty
-    kl_label: str = "path"                           # "path": whole-path log-ratio (paper); "future": after the node
+    # "future" (default): log-ratio of the tokens after the node, the soft value of soft policy
+    # iteration, so each iteration improves J. "path": whole-path sum (the authors' code); with
+    # zeta*beta = 1 it cancels the previous tilt and the iterates oscillate (measured on the testbed).
+    kl_label: str = "future"
     rollout_weights: Optional[List[float]] = None    # None: one single-objective policy per objective (paper)
     normalize_values: bool = False
     # --- rollout trees

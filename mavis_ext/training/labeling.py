@@ -70,7 +70,7 @@ def node_values(forest: Forest, leaf_nodes: np.ndarray, leaf_rewards: np.ndarray
     return _mean_up(forest, x)
 
 
-def node_labels(forest: Forest, values: np.ndarray, zeta: float, kl_label: str = "path") -> np.ndarray:
+def node_labels(forest: Forest, values: np.ndarray, zeta: float, kl_label: str = "future") -> np.ndarray:
     """[N, m] regression targets ``value - zeta * KL term`` (same KL term for every objective)."""
     if zeta == 0:
         return np.asarray(values, np.float64).copy()
