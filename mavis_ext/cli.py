@@ -13,7 +13,6 @@ SUBCOMMANDS = {
     "train": "train value models by iterative KL-regularized soft policy iteration",
     "eval": "exact evaluation of MAVIS policies on the enumerable testbed",
     "demo": "the main job: testbed -> training -> weight sweep -> table, plots, op latency",
-    "bench": "op latency: fused kernels vs the eager PyTorch composite",
 }
 
 
