@@ -8,7 +8,7 @@
 # Environment: MAX_JOBS (default 2), TORCH_CUDA_ARCH_LIST (default "8.0;9.0").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${1:-$ROOT/.venv-cuda}"
+VENV="$(realpath -m "${1:-$ROOT/.venv-cuda}")"  # absolute: the tests run from /tmp
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
 log() { echo "[build_cuda $(el)s] $*"; }
