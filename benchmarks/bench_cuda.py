@@ -2,14 +2,16 @@
 
 Measures, in one run on one card:
   * the card's device-to-device copy bandwidth (bytes read + written / time), the yardstick;
-  * each kernel's time with CUDA events (eager) and as CUDA-graph replays, warm and cold L2 (cold:
-    a 512 MiB buffer is overwritten between calls, outside the timed region);
+  * each kernel's time with CUDA events (eager, with the default status check: one small copy and a
+    stream sync per call; and eager with mark_invalid=True: no copy, no sync) and as CUDA-graph
+    replays, warm and cold L2 (cold: a 512 MiB buffer is overwritten between calls, outside the
+    timed region);
   * achieved GB/s over the bytes that must be read once, and the ratio time / floor, where
     floor = those bytes / measured copy bandwidth;
   * the speedup over the eager PyTorch composite doing the same work (same timing method);
   * that every op can be captured in a CUDA graph and replays to the eager result.
 
-Cases (issue 3): tilted_sample full-vocab fp32 logits, m=3 bf16 values, top_k=40, V=128256 at
+Cases: tilted_sample full-vocab fp32 logits, m=3 bf16 values, top_k=40, V=128256 at
 B in {1, 8, 32, 128}; guided_sample V=128256, d=2048, m=3, K=40; topk_candidates B=128, V=128256
 against torch.topk.
 
@@ -141,7 +143,8 @@ def composite_guided(logits, hidden, W, bias, w, k):
 
 
 # ----------------------------------------------------------------------------- cases
-def run_case(name, fn, ref_fn, floor_bytes, bw_gbs, iters, flush, results, extra=None):
+def run_case(name, fn, ref_fn, floor_bytes, bw_gbs, iters, flush, results, extra=None, fn_nosync=None):
+    """fn: the op as called by default (eager status check); fn_nosync: the same with mark_invalid=True."""
     row = {"case": name, "floor_bytes": floor_bytes}
     if extra:
         row.update(extra)
@@ -152,6 +155,8 @@ def run_case(name, fn, ref_fn, floor_bytes, bw_gbs, iters, flush, results, extra
     torch.cuda.synchronize()
     row["eager_warm_us"] = time_events(fn, iters)
     row["eager_cold_us"] = time_events(fn, iters, flush)
+    if fn_nosync is not None:
+        row["eager_nosync_warm_us"] = time_events(fn_nosync, iters)
     row["torch_eager_warm_us"] = time_events(ref_fn, iters)
     row["torch_eager_cold_us"] = time_events(ref_fn, iters, flush)
     try:
@@ -218,15 +223,16 @@ def main() -> int:
         values = torch.randn(B, M, V, device=dev, generator=gen).to(torch.bfloat16)
         w = torch.rand(M, device=dev, generator=gen) + 0.1
 
-        def fn(logits=logits, values=values, w=w):
-            return ops.tilted_sample.default(logits, values, w, BETA, TEMP, K, 1.0, False, None, seed, offset)
+        def fn(logits=logits, values=values, w=w, mark=False):
+            return ops.tilted_sample.default(logits, values, w, BETA, TEMP, K, 1.0, False, None, seed, offset, mark)
 
         def ref(logits=logits, values=values, w=w):
             return composite_tilted(logits, values, w, K)
 
         floor = B * V * 4 + B * M * K * 2  # logits once + the gathered values of the kept columns
         run_case(f"tilted_sample B={B} fp32 logits, m=3 bf16 values, top_k={K}", fn, ref, floor, bw, iters, flush,
-                 results, {"B": B, "op": "tilted_sample", "floor_bytes_all_values": B * V * (4 + 2 * M)})
+                 results, {"B": B, "op": "tilted_sample", "floor_bytes_all_values": B * V * (4 + 2 * M)},
+                 fn_nosync=lambda fn=fn: fn(mark=True))
         del logits, values
 
     B = 32
@@ -236,28 +242,28 @@ def main() -> int:
     bias = (torch.randn(M, V, device=dev, generator=gen) * 0.1).to(torch.bfloat16)
     w = torch.rand(M, device=dev, generator=gen) + 0.1
 
-    def gfn():
-        return ops.guided_sample.default(logits, hidden, W, bias, w, BETA, K, TEMP, 1.0, seed, offset)
+    def gfn(mark=False):
+        return ops.guided_sample.default(logits, hidden, W, bias, w, BETA, K, TEMP, 1.0, seed, offset, mark)
 
     def gref():
         return composite_guided(logits, hidden, W, bias, w, K)
 
     floor = B * V * 4 + B * M * K * D * 2 + B * D * 2 + B * M * K * 2
     run_case(f"guided_sample B={B} V={V} d={D} m={M} K={K} bf16 heads", gfn, gref, floor, bw, iters, flush, results,
-             {"B": B, "op": "guided_sample"})
+             {"B": B, "op": "guided_sample"}, fn_nosync=lambda: gfn(True))
     del W, bias, hidden
 
     B = 128
     logits = torch.randn(B, V, device=dev, generator=gen) * 3
 
-    def tfn():
-        return ops.topk_candidates.default(logits, K, 1.0)
+    def tfn(mark=False):
+        return ops.topk_candidates.default(logits, K, 1.0, mark)
 
     def tref():
         return torch.topk(logits, K, dim=-1)
 
     run_case(f"topk_candidates B={B} V={V} k={K} fp32 (vs torch.topk)", tfn, tref, B * V * 4, bw, iters, flush,
-             results, {"B": B, "op": "topk_candidates"})
+             results, {"B": B, "op": "topk_candidates"}, fn_nosync=lambda: tfn(True))
 
     meta = {"card": card, "copy_bandwidth_GBps": bw, "torch": torch.__version__, "cuda": torch.version.cuda,
             "seconds": time.time() - t0, "checks_env": os.environ.get("MAVIS_CUDA_CHECKS", "1")}
@@ -267,16 +273,18 @@ def main() -> int:
         f"card: {card}, copy bandwidth {bw:.0f} GB/s; times in us (median); cold = L2 flushed; "
         "graph = CUDA-graph replay; floor = must-read bytes / copy bandwidth",
         "",
-        "| case | graph warm | graph cold | eager cold | floor | cold / floor | GB/s | torch cold | speedup | graph ok |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| case | graph warm | graph cold | eager cold | eager warm, no sync | floor | cold / floor | GB/s "
+        "| torch cold | speedup | graph ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         gw = r.get("graph_warm_us", float("nan"))
         gc = r.get("graph_cold_us", float("nan"))
         tb = r.get("torch_graph_cold_us", r["torch_eager_cold_us"])
         ok = "yes" if r.get("graph_capturable") and r.get("graph_matches_eager") else "NO"
+        ns = r.get("eager_nosync_warm_us", float("nan"))
         lines.append(
-            f"| {r['case']} | {gw:.1f} | {gc:.1f} | {r['eager_cold_us']:.1f} | {r['floor_us']:.1f} | "
+            f"| {r['case']} | {gw:.1f} | {gc:.1f} | {r['eager_cold_us']:.1f} | {ns:.1f} | {r['floor_us']:.1f} | "
             f"{r['cold_ratio_to_floor']:.2f} | {r['cold_GBps']:.0f} | {tb:.1f} | {r['speedup_vs_torch_cold']:.1f}x | {ok} |"
         )
     table = "\n".join(lines)

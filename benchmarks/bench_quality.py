@@ -1,6 +1,13 @@
-"""Quality benchmark: the full exact evaluation behind the README's quality table.
+"""Quality benchmark: the full exact evaluation behind the README's quality tables.
 
-Runs ``mavis_ext.evaluation.run_quality`` on the testbed for two objectives (11-point grid) and for
+``--world hard`` runs the hard world's protocol (3 seeds, beta 1/3/8, top-8 of 16 tokens, held-out
+prompts, both optima, the linear-mix ceiling; ``mavis_ext/quality_protocol.py``) into
+``benchmarks/results/hard`` (any other ``mavis eval --world hard`` option is passed through):
+
+    python benchmarks/bench_quality.py --world hard --jobs 2     # the full benchmark, 2 cores
+    python benchmarks/bench_quality.py --world hard --quick      # CI size
+
+Without ``--world`` (or with ``--world demo``) it runs ``mavis_ext.evaluation.run_quality`` on the testbed for two objectives (11-point grid) and for
 three objectives (simplex grid), with value models trained by the real pipeline, and writes
 ``quality.{md,json}`` and ``pareto_fronts.png`` per setting under ``--out``, plus
 ``linear_mix_gap.md``: the exact gap between the linear value mix (MAVIS with perfect
@@ -54,6 +61,18 @@ def linear_gap_table(betas, objectives_sets, horizon: int, seed: int) -> str:
 
 def main(argv=None) -> int:
     from mavis_ext import evaluation as ev
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--world", choices=("demo", "hard"), default="demo")
+    known, rest = pre.parse_known_args(argv)
+    if known.world == "hard":
+        from mavis_ext.cli import main as mavis_main
+
+        if "--out" not in rest and not any(a.startswith("--out=") for a in rest):
+            rest += ["--out", "benchmarks/results/hard"]
+        return mavis_main(["eval", "--world", "hard"] + rest)
+    argv = rest
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/results/quality")

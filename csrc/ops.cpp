@@ -15,7 +15,7 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(mavis, m) {
   // -> (cand_logits [B,k] f32, cand_ids [B,k] i64, lse [B] f32), of logits / temperature.
-  m.def("topk_candidates(Tensor logits, int k, float temperature) -> (Tensor, Tensor, Tensor)");
+  m.def("topk_candidates(Tensor logits, int k, float temperature, bool mark_invalid=False) -> (Tensor, Tensor, Tensor)");
   // prefix mode: hidden [B,N,d], head_weight [m,d], head_bias [m]; Q-head mode: hidden [B,d],
   // head_weight [m,V,d], head_bias [m,V], candidate_ids [B,K] i64. weights f32 [m] or [B,m].
   // -> f32 [B,m,N] (or [B,N] when weights is given).
@@ -28,11 +28,12 @@ TORCH_LIBRARY(mavis, m) {
   // -> (ids [B] i64, logp_tilted [B] f32, logp_base [B] f32).
   m.def(
       "tilted_sample(Tensor logits, Tensor? values, Tensor? weights, float beta, float temperature, "
-      "int top_k, float top_p, bool topk_on_tilted, Tensor? candidate_ids, Tensor seed, Tensor offset) "
+      "int top_k, float top_p, bool topk_on_tilted, Tensor? candidate_ids, Tensor seed, Tensor offset, "
+      "bool mark_invalid=False) "
       "-> (Tensor, Tensor, Tensor)");
   // logits [B,V], hidden [B,d], head_weight [m,V,d], head_bias [m,V]; logp_base over the full V.
   m.def(
       "guided_sample(Tensor logits, Tensor hidden, Tensor head_weight, Tensor? head_bias, Tensor weights, "
-      "float beta, int top_k, float temperature, float top_p, Tensor seed, Tensor offset) "
+      "float beta, int top_k, float temperature, float top_p, Tensor seed, Tensor offset, bool mark_invalid=False) "
       "-> (Tensor, Tensor, Tensor)");
 }

@@ -7,7 +7,7 @@ import torch
 
 
 @torch.library.register_fake("mavis::topk_candidates")
-def _topk_candidates_fake(logits, k, temperature):
+def _topk_candidates_fake(logits, k, temperature, mark_invalid=False):
     B = logits.shape[0]
     return (
         logits.new_empty((B, k), dtype=torch.float32),
@@ -40,11 +40,11 @@ def _sample_outputs(logits):
 
 @torch.library.register_fake("mavis::tilted_sample")
 def _tilted_sample_fake(logits, values, weights, beta, temperature, top_k, top_p, topk_on_tilted,
-                        candidate_ids, seed, offset):
+                        candidate_ids, seed, offset, mark_invalid=False):
     return _sample_outputs(logits)
 
 
 @torch.library.register_fake("mavis::guided_sample")
 def _guided_sample_fake(logits, hidden, head_weight, head_bias, weights, beta, top_k, temperature,
-                        top_p, seed, offset):
+                        top_p, seed, offset, mark_invalid=False):
     return _sample_outputs(logits)

@@ -76,12 +76,12 @@ def atomic_write_json(path: str, obj: Any, indent: Optional[int] = 2) -> None:
 
 
 def atomic_save_safetensors(tensors: Dict[str, Any], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
-    """``tensors``: name -> torch.Tensor (contiguous copies are made)."""
-    from safetensors.torch import save_file
+    """``tensors``: name -> torch.Tensor. Byte-deterministic (sorted header and tensors) and
+    checksummed: read back with ``safetensors_io.load_checked``."""
+    from .safetensors_io import save_deterministic
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with _tmp_file(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+        save_deterministic(tensors, tmp, metadata)
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:

@@ -1,4 +1,4 @@
-"""Guided decoding engine (DESIGN.md section 4): a Hugging Face base model steered by value models.
+"""Guided decoding engine: a Hugging Face base model steered by value models.
 
 Each step: one cached base-model forward -> ``topk_candidates`` -> values of the K candidates from
 every value model (``value_heads``) -> ``tilted_sample``; or the fused ``guided_sample`` when the
@@ -8,10 +8,13 @@ its own random stream, its own token budget and stops at its own EOS.
 Randomness: row b of a request draws from a stream keyed only by its row seed (``row_seeds[b]``,
 derived from ``seed`` and b, or given explicitly as a list) and the step number, so
 ``generate(prompts, seed=s)`` row b equals ``generate([prompts[b]], seed=[out.row_seeds[b]])``.
+The same independence lets ``generate(invalid="mark")`` stop one row whose logits or values are not
+finite (``out.valid[b]`` False) while every other row samples exactly what it would alone.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
@@ -19,7 +22,11 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import ops
-from ._value_scoring import TrunkScorer, new_cache
+from . import pruning
+from ._scorer_plan import plan_scorers, resolve_gemm_dtype
+from ._value_scoring import StackedScorer, check_cache_support, new_cache
+from .lean_llama import LeanCache
+from .model_paths import check_model_source
 from .values import ValueEnsemble, ValueModel, cache_kwarg, members_of, positions_from_mask
 
 __all__ = ["GenerationOutput", "MavisGenerator", "row_seeds_from", "step_seeds"]
@@ -72,18 +79,32 @@ class GenerationOutput:
     texts: Optional[list] = None  # decoded new tokens (when a tokenizer is known)
     finished: Optional[torch.Tensor] = None  # [B] bool: ended with EOS
     row_seeds: Optional[torch.Tensor] = None  # [B] int64: seed=[row_seeds[b]] reproduces row b alone
+    valid: Optional[torch.Tensor] = None  # [B] bool: False where invalid="mark" stopped the row (non-finite logits/values)
     timings: dict = field(default_factory=dict)  # seconds per phase (with profile=True), and "total"
 
 
 def _as_model(base_model, torch_dtype=None):
-    if isinstance(base_model, str):
+    if isinstance(base_model, (str, os.PathLike)):
         from transformers import AutoModelForCausalLM
 
         kw = {"dtype": torch_dtype} if torch_dtype is not None else {}
-        return AutoModelForCausalLM.from_pretrained(base_model, **kw).eval()
+        return AutoModelForCausalLM.from_pretrained(check_model_source(base_model, "base_model"), **kw).eval()
     if not isinstance(base_model, torch.nn.Module) or not hasattr(base_model, "config"):
         raise TypeError(f"base_model: expected a Hugging Face causal LM or an id/path, got {type(base_model).__name__}")
     return base_model
+
+
+def _value_model_dir(p):
+    """A saved value model's folder (``~`` expanded); value models are never hub ids, so a path that
+    is not a directory fails here at once, naming it."""
+    if not isinstance(p, (str, os.PathLike)):
+        return p  # an already loaded ValueModel / ValueEnsemble
+    d = os.path.expanduser(os.fspath(p))
+    if not os.path.isdir(d):
+        what = "is a file, not a value model folder" if os.path.exists(d) else "no such directory"
+        raise FileNotFoundError(f"value_models: {what}: {os.fspath(p)!r} (give the folder written by "
+                                "ValueModel.save_pretrained)")
+    return d
 
 
 def _eos_ids(tokenizer, model) -> list:
@@ -101,30 +122,55 @@ def _eos_ids(tokenizer, model) -> list:
 class MavisGenerator:
     """``MavisGenerator(base_model, value_models, tokenizer).generate(prompts, weights=..., beta=...)``.
 
-    ``value_models``: a ``ValueModel``, a ``ValueEnsemble``, a list of them, or None (plain top-k
-    sampling). Objectives are ordered as in ``self.objectives``; weights follow that order.
+    ``base_model``: a Hugging Face causal LM, or a local directory / hub id to load one from (a path
+    that does not exist raises ``FileNotFoundError`` at once). ``value_models``: a ``ValueModel``, a
+    ``ValueEnsemble``, a list of them, directories they were saved to, or None (plain top-k sampling).
+    Objectives are ordered as in ``self.objectives``; weights follow that order.
     ``prefix_scoring``: "tree" (one pass with a tree mask, default) or "copies" (the authors'
     K-copies cache, a baseline for benchmarks and tests).
+    ``stack_trunks``: "auto" (default) runs prefix-mode value models whose trunks share an
+    architecture and shape as ONE batched pass per step (``mavis_ext.stacked_trunks``; same values
+    up to float rounding, one extra copy of those trunks' projection weights), warning when a group
+    cannot be stacked; True raises instead; False runs every trunk on its own.
+    ``trunk_gemm_dtype``: None (default) or "bf16": run the prefix-mode trunks' linear layers in
+    bfloat16 (an approximation: values move by about 1% of their scale; see the README).
+    ``lean_forward``: False (default) or True: run the base model and the value trunks that are
+    Llama-family models through ``mavis_ext.lean_llama`` (fused projections, preallocated
+    KV buffers; same results up to float rounding, one extra copy of their projection weights);
+    other architectures keep the Hugging Face forward (``self.lean_status`` says which run lean).
     """
 
-    def __init__(self, base_model, value_models=None, tokenizer=None, *, prefix_scoring: str = "tree"):
+    def __init__(self, base_model, value_models=None, tokenizer=None, *, prefix_scoring: str = "tree",
+                 stack_trunks="auto", trunk_gemm_dtype=None, lean_forward: bool = False):
         self.base = _as_model(base_model)
-        if tokenizer is None and isinstance(base_model, str):
+        if tokenizer is None and isinstance(base_model, (str, os.PathLike)):
             try:
                 from transformers import AutoTokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(base_model)
-            except Exception:
+                tokenizer = AutoTokenizer.from_pretrained(check_model_source(base_model, "base_model"))
+            except Exception:  # a model folder without tokenizer files: input_ids still work
                 tokenizer = None
         self.tokenizer = tokenizer
         if prefix_scoring not in ("tree", "copies"):
             raise ValueError(f'prefix_scoring: must be "tree" or "copies", got {prefix_scoring!r}')
         self.prefix_scoring = prefix_scoring
-        if isinstance(value_models, (str,)) or (isinstance(value_models, (list, tuple)) and value_models
-                                                and isinstance(value_models[0], str)):
+        if not (stack_trunks is True or stack_trunks is False or (isinstance(stack_trunks, str) and stack_trunks == "auto")):
+            raise ValueError(f'stack_trunks: must be "auto", True or False, got {stack_trunks!r}')
+        self.stack_trunks = stack_trunks
+        self.trunk_gemm_dtype = resolve_gemm_dtype(trunk_gemm_dtype)
+        if self.trunk_gemm_dtype is not None and prefix_scoring != "tree":
+            raise ValueError('trunk_gemm_dtype: needs prefix_scoring="tree"')
+        self._stacks: dict = {}  # stacked trunks, reused across generate() calls
+        if not isinstance(lean_forward, bool):
+            raise ValueError(f"lean_forward: must be True or False, got {lean_forward!r}")
+        self.lean_forward = lean_forward
+        self._lean_base = None
+        if isinstance(value_models, (str, os.PathLike)) or (isinstance(value_models, (list, tuple)) and value_models
+                                                            and isinstance(value_models[0], (str, os.PathLike))):
             from .values import load_value_models
 
-            value_models = load_value_models(value_models, base_tokenizer=tokenizer)
+            items = [value_models] if isinstance(value_models, (str, os.PathLike)) else list(value_models)
+            value_models = load_value_models([_value_model_dir(p) for p in items], base_tokenizer=tokenizer)
         self.members: list[ValueModel] = members_of(value_models)
         self.value_models = value_models
         self.vocab_size = int(self.base.get_output_embeddings().out_features
@@ -144,7 +190,11 @@ class MavisGenerator:
             if pdev != dev:
                 raise ValueError(f"value_models: value model {i} is on {pdev}, the base model on {dev}; move them "
                                  "to the same device")
+        check_cache_support(self.base, "base_model")
+        for vm in self.members:
+            check_cache_support(vm.trunk, "value_models")
         self.objectives = [o for vm in self.members for o in vm.objectives]
+        self.lean_status = self._lean_status() if lean_forward else {}
         self._base_cache_kw = cache_kwarg(self.base)
         import inspect
 
@@ -231,8 +281,43 @@ class MavisGenerator:
             raise ValueError("weights: contains NaN or inf")
         return w.to(self.device)
 
+    def _lean_status(self) -> dict:
+        """Which models run through ``lean_llama`` ("lean") and why the others do not."""
+        from .lean_llama import unsupported_reason
+        from .values import backbone_of
+
+        def why(model):
+            try:
+                return unsupported_reason(backbone_of(model))
+            except TypeError as e:
+                return str(e)
+
+        head = self.base.get_output_embeddings()
+        base_why = why(self.base) or (None if type(head) is torch.nn.Linear else "no plain LM head")
+        out = {"base_model": base_why or "lean"}
+        for i, vm in enumerate(self.members):
+            w = why(vm.trunk)
+            if self.prefix_scoring != "tree" and vm.mode == "prefix" and w is None:
+                w = 'needs prefix_scoring="tree"'
+            out[f"value_models[{i}]"] = w or "lean"
+        return out
+
+    def _base_runner(self):
+        """The base model's ``LeanLlama`` (rebuilt when its weights change), or None."""
+        if not self.lean_forward or self.lean_status.get("base_model") != "lean":
+            return None
+        from .lean_llama import LeanLlama
+        from .values import backbone_of
+
+        bb, head = backbone_of(self.base), self.base.get_output_embeddings()
+        if self._lean_base is None or not self._lean_base.is_current([bb], head):
+            self._lean_base = LeanLlama([bb], lm_head=head)
+        return self._lean_base
+
     # ------------------------------------------------------------------ base model
     def _base_forward(self, ids, mask, pos, cache):
+        if isinstance(cache, LeanCache):
+            return self._lean_base.logits_last(ids, mask, pos, cache)
         kw = {self._base_cache_kw: cache, "use_cache": True}
         if self._logits_to_keep:
             kw["logits_to_keep"] = 1
@@ -244,11 +329,33 @@ class MavisGenerator:
     def generate(self, prompts=None, *, input_ids=None, attention_mask=None, weights=None, beta=1.0, top_k=40,
                  temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0, normalize_values=False,
                  ban_eos_first=False, stop_at_eos=True, max_new_tokens_per_row=None, eos_token_id=None,
-                 profile=False, progress=False) -> GenerationOutput:
+                 invalid="raise", prune_tv=None, value_range=None, profile=False,
+                 progress=False) -> GenerationOutput:
         """Sample up to ``max_new_tokens`` new tokens per row (see the module docstring and
-        ``GenerationOutput``). Extra options: ``eos_token_id`` (int or list; default: the base
-        model's / tokenizer's), ``profile`` (wall time per phase in ``out.timings``), ``progress``
-        (tqdm bar)."""
+        ``GenerationOutput``).
+
+        ``weights``: required when the generator has value models (one per objective of
+        ``self.objectives``, a ``[B, m]`` tensor/list for one row per prompt, or a dict
+        ``{objective: w}`` with missing objectives at 0); ``None`` then raises. Without value models
+        the weights are ignored (plain top-k sampling), so callers may pass them unconditionally.
+        ``beta=0`` or all-zero weights sample the base model's top-k distribution.
+
+        ``input_ids`` without ``attention_mask`` are taken as unpadded (every position a token).
+
+        ``invalid``: what a row whose logits (or values) hold NaN / +inf, or no finite logit, does.
+        ``"raise"`` (default): the whole call raises. ``"mark"``: that row stops before the bad step
+        (like EOS, without emitting a token), ``out.valid[b]`` is False, and every other row goes on
+        exactly as it would alone.
+
+        ``prune_tv`` (certified candidate pruning, off by default): skip scoring the candidates of
+        lowest base probability whose largest possible tilted mass, given ``value_range`` (bounds on
+        every objective's value: ``(lo, hi)``, one pair per objective, or a dict), is at most
+        ``prune_tv``; each step's distribution then differs from the exact one by at most
+        ``prune_tv`` in total variation (``mavis_ext.pruning``). A scored value outside
+        ``value_range`` raises. Needs ``top_p=1`` and ``normalize_values=False``.
+
+        Extra options: ``eos_token_id`` (int or list; default: the base model's / tokenizer's),
+        ``profile`` (wall time per phase in ``out.timings``), ``progress`` (tqdm bar)."""
         t_start = time.perf_counter()
         ids, mask = self._inputs(prompts, input_ids, attention_mask)
         B, T = ids.shape
@@ -277,11 +384,31 @@ class MavisGenerator:
                 raise ValueError("max_new_tokens_per_row: budgets must be >= 0")
             budget = mb.to(dev)
             max_new_tokens = int(mb.max())
+        if invalid not in ("raise", "mark"):
+            raise ValueError(f'invalid: must be "raise" or "mark", got {invalid!r}')
+        mark = invalid == "mark"  # the ops then return id -1 / NaN for the bad rows only
         row_seeds = row_seeds_from(seed, B).to(dev)
-        guided = bool(self.members) and weights is not None and beta != 0.0
-        w = self._weights(weights, B) if (self.members and weights is not None) else None
-        # (weights with no value models: plain sampling, as agreed in the interface spec, so that
-        # iteration-0 rollouts can pass weights unconditionally)
+        if self.members and weights is None:
+            m = len(self.objectives)
+            raise ValueError(f"weights: required with value models, one per objective {self.objectives} (e.g. "
+                             f"weights={[round(1 / m, 4)] * m}); for the base model alone use MavisGenerator(base, None)")
+        guided = bool(self.members) and beta != 0.0
+        w = self._weights(weights, B) if self.members else None
+        prune = None
+        if prune_tv is not None:
+            if isinstance(prune_tv, bool) or not isinstance(prune_tv, (int, float)) or not (0.0 <= prune_tv < 1.0):
+                raise ValueError(f"prune_tv: must be a number in [0, 1), got {prune_tv!r}")
+            if top_p < 1.0:
+                raise ValueError("prune_tv: needs top_p=1 (nucleus filtering of a pruned candidate set has no TV bound)")
+            if normalize_values:
+                raise ValueError("prune_tv: needs normalize_values=False (min-max normalisation depends on every candidate)")
+            if self.members:
+                ranges = pruning.parse_value_range(value_range, self.objectives)
+                prune = (float(prune_tv),) + pruning.value_interval(w, ranges, B)
+        elif value_range is not None:
+            raise ValueError("value_range: only used with prune_tv")
+        # (weights with no value models: plain sampling, so that iteration-0 rollouts can pass
+        # weights unconditionally)
         if guided and not bool((w != 0).any()):
             guided = False  # all-zero weights: plain top-k sampling, skip the value models
         top_k = int(top_k)
@@ -292,10 +419,12 @@ class MavisGenerator:
         logpr_all = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
         lengths = torch.zeros(B, dtype=torch.int64, device=dev)
         finished = torch.zeros(B, dtype=torch.bool, device=dev)
+        valid = torch.ones(B, dtype=torch.bool, device=dev)
         done = budget <= 0
         timings = {"base": 0.0, "values": 0.0, "sample": 0.0, "advance": 0.0} if profile else {}
         if max_new_tokens == 0 or bool(done.all()):
-            return self._output(seqs[:, :0], lengths, logp_all[:, :0], logpr_all[:, :0], finished, row_seeds, timings, t_start)
+            return self._output(seqs[:, :0], lengths, logp_all[:, :0], logpr_all[:, :0], finished, row_seeds, valid,
+                                timings, t_start)
 
         # ---- prefill
         full_mask = torch.ones(B, T + max_new_tokens, dtype=torch.int64, device=dev)
@@ -303,10 +432,11 @@ class MavisGenerator:
         pos0 = positions_from_mask(mask)
         next_pos = mask.sum(1)  # position id of the next token
         clock = _Clock(profile, dev)
-        cache = new_cache(self.base)
+        lean_base = self._base_runner()
+        cache = lean_base.new_cache(B, T + max_new_tokens) if lean_base is not None else new_cache(self.base)
         logits = self._base_forward(ids, mask, pos0, cache)
         clock.add(timings, "base")
-        scorers = []
+        scorers, plan = [], []
         fused = False
         if guided:
             offs, o = [], 0
@@ -316,7 +446,10 @@ class MavisGenerator:
             # Value models whose weights are zero in every row cannot change the distribution: skip
             # them (e.g. single-objective rollouts with an ensemble of per-objective models).
             active = [j for j, (a, b) in enumerate(offs) if bool((w[..., a:b] != 0).any())]
-            scorers = [TrunkScorer(self.members[j], self.prefix_scoring, self.vocab_size) for j in active]
+            plan = plan_scorers([self.members[j] for j in active], self.prefix_scoring, self.vocab_size,
+                                self.stack_trunks, self.trunk_gemm_dtype, self._stacks, lean=self.lean_forward,
+                                capacity=T + max_new_tokens + top_k)
+            scorers = [sc for sc, _ in plan]
             w_split = [w[..., offs[j][0] : offs[j][1]] for j in active]
             for sc in scorers:
                 sc.start(ids, mask, pos0)
@@ -337,29 +470,52 @@ class MavisGenerator:
                 sc = scorers[0]
                 tok, logp, logp_ref = ops.guided_sample(
                     logits, sc.hidden.to(sc.head_weight.dtype), sc.head_weight, sc.head_bias, w_split[0], beta=beta,
-                    top_k=top_k, temperature=temperature, top_p=top_p, seed=seeds_t, return_logprobs=True)
+                    top_k=top_k, temperature=temperature, top_p=top_p, seed=seeds_t, return_logprobs=True, invalid=invalid)
                 col = None
+                bad = tok < 0
                 clock.add(timings, "sample")
             else:
-                cand_logits, cand_ids, lse = ops.topk_candidates(logits, top_k, temperature=temperature)
+                cand_logits, cand_ids, lse = ops.topk_candidates(logits, top_k, temperature=temperature, invalid=invalid)
+                bad = cand_ids[:, 0] < 0
+                if mark:
+                    # A marked row has candidate ids -1: score a harmless real id (0) in its place so
+                    # the value models never index out of range; the row stays marked.
+                    cand_ids = cand_ids.clamp(min=0)
                 if guided:
                     mask_now = full_mask[:, : T + t]
-                    comb = None
-                    for sc, ws in zip(scorers, w_split):
-                        v = sc.values(cand_ids, next_pos, mask_now, ws)
-                        comb = v if comb is None else comb + v
+                    scored_ids, scored_logits = cand_ids, cand_logits
+                    if prune is not None:
+                        scored_ids, scored_logits = _pruned(prune, cand_ids, cand_logits, beta)
+                    vals = [None] * len(w_split)
+                    for sc, idx in plan:
+                        if isinstance(sc, StackedScorer):
+                            got = sc.member_values(scored_ids, next_pos, mask_now, [w_split[i] for i in idx])
+                            for i, v in zip(idx, got):
+                                vals[i] = v
+                        else:
+                            vals[idx[0]] = sc.values(scored_ids, next_pos, mask_now, w_split[idx[0]])
+                    comb = vals[0]
+                    for v in vals[1:]:
+                        comb = comb + v
+                    if prune is not None:
+                        pruning.check_values_in_range(comb, prune[1], prune[2])
                     if normalize_values:  # paper v1: min-max over the K candidates
                         lo = comb.amin(dim=1, keepdim=True)
                         hi = comb.amax(dim=1, keepdim=True)
                         comb = (comb - lo) / (hi - lo + 1e-6)
                     clock.add(timings, "values")
-                    col, logp, _ = ops.tilted_sample(cand_logits, comb.unsqueeze(1), one_w, beta=beta, top_p=top_p,
-                                                     seed=seeds_t, return_logprobs=True)
+                    col, logp, _ = ops.tilted_sample(scored_logits, comb.unsqueeze(1), one_w, beta=beta, top_p=top_p,
+                                                     seed=seeds_t, return_logprobs=True, invalid=invalid)
                 else:
-                    col, logp, _ = ops.tilted_sample(cand_logits, top_p=top_p, seed=seeds_t, return_logprobs=True)
+                    col, logp, _ = ops.tilted_sample(cand_logits, top_p=top_p, seed=seeds_t, return_logprobs=True, invalid=invalid)
+                bad = bad | (col < 0)  # values that are not finite mark the row here
+                col = col.clamp(min=0)  # a valid column for the cache commit of a marked (stopped) row
                 tok = cand_ids.gather(1, col[:, None])[:, 0]
                 logp_ref = cand_logits.gather(1, col[:, None])[:, 0] - lse
                 clock.add(timings, "sample")
+            if mark:
+                valid &= ~(bad & ~done)
+                done = done | bad  # a marked row stops here, before emitting a token
             live = ~done
             tok = torch.where(live, tok, torch.full_like(tok, self.pad_token_id))
             seqs[:, t] = tok
@@ -386,9 +542,10 @@ class MavisGenerator:
         if pbar is not None:
             pbar.close()
         n = int(lengths.max()) if B else 0
-        return self._output(seqs[:, :n], lengths, logp_all[:, :n], logpr_all[:, :n], finished, row_seeds, timings, t_start)
+        return self._output(seqs[:, :n], lengths, logp_all[:, :n], logpr_all[:, :n], finished, row_seeds, valid,
+                            timings, t_start)
 
-    def _output(self, seqs, lengths, logp, logp_ref, finished, row_seeds, timings, t_start):
+    def _output(self, seqs, lengths, logp, logp_ref, finished, row_seeds, valid, timings, t_start):
         texts = None
         if self.tokenizer is not None:
             texts = [self.tokenizer.decode(seqs[b, : int(lengths[b])].tolist(), skip_special_tokens=True)
@@ -397,7 +554,21 @@ class MavisGenerator:
         timings["total"] = time.perf_counter() - t_start
         return GenerationOutput(sequences=seqs, lengths=lengths, logp=logp, logp_ref=logp_ref,
                                 kl=(logp - logp_ref).sum(1), texts=texts, finished=finished, row_seeds=row_seeds,
-                                timings=timings)
+                                valid=valid, timings=timings)
+
+
+def _pruned(prune, cand_ids, cand_logits, beta):
+    """The leading candidates every row must score under certified pruning (``prune`` = (tv, lo,
+    hi)): ``[B, K']`` ids and logits, where K' is the largest count kept by any row and the
+    columns a row drops are -inf logits (scored, never sampled)."""
+    tv, lo, hi = prune
+    keep = pruning.keep_counts(cand_logits, beta, hi - lo, tv).to(cand_logits.device)
+    Kp = int(keep.max())
+    logits = cand_logits[:, :Kp]
+    if bool((keep < Kp).any()):
+        cols = torch.arange(Kp, device=cand_logits.device)
+        logits = logits.masked_fill(cols[None, :] >= keep[:, None], float("-inf"))
+    return cand_ids[:, :Kp], logits
 
 
 class _Clock:

@@ -3,8 +3,9 @@
 
 Shape/dtype/device checks raise here (``ValueError``/``TypeError`` naming the argument) before any
 kernel runs. Checks that need to look at the data (NaN weights, rows with no finite logit) are done
-inside the kernels, which raise ``RuntimeError`` with the argument's name; that keeps the wrappers
-free of host synchronisation and traceable by ``torch.compile(fullgraph=True)``.
+inside the kernels, which raise ``RuntimeError`` with the argument's name (or, with
+``invalid="mark"``, mark the bad rows with id -1 instead); that keeps the wrappers free of host
+synchronisation and traceable by ``torch.compile(fullgraph=True)``.
 
 When the compiled extension is missing the same wrappers call ``mavis_ext.reference`` instead
 (see ``mavis_ext/_backend.py``).
@@ -82,6 +83,13 @@ def _top_p(x) -> float:
     return v
 
 
+def _mark_invalid(invalid) -> bool:
+    """``invalid="raise"`` (default) or ``"mark"`` -> the ops' ``mark_invalid`` flag."""
+    if not isinstance(invalid, str) or invalid not in ("raise", "mark"):
+        raise ValueError(f'invalid: must be "raise" or "mark", got {invalid!r}')
+    return invalid == "mark"
+
+
 def _check_batch(logits: torch.Tensor) -> None:
     if logits.shape[0] == 0:
         raise ValueError("logits: empty batch (B == 0)")
@@ -150,11 +158,24 @@ def make_seed(
 
 
 # ----------------------------------------------------------------------------- public ops
-def topk_candidates(logits: torch.Tensor, k: int, *, temperature: float = 1.0):
+_INVALID_DOC = """
+    ``invalid`` says what a row with bad data does: ``"raise"`` (default) raises an error naming
+    the argument (NaN or +inf logits, a row with no finite logit, a non-finite tilted score
+    at a column that is used); ``"mark"`` gives that row id -1 and NaN log-probabilities instead, so
+    that one bad request does not take down the batch. The validity mask is ``ids >= 0``; every
+    other row is exactly what it would be without the bad ones (same tokens for the same seeds).
+    Argument errors (shapes, dtypes, weights, k/top_k, top_p, temperature) raise in both modes."""
+
+
+def topk_candidates(logits: torch.Tensor, k: int, *, temperature: float = 1.0, invalid: str = "raise"):
     """Top-k of ``logits / temperature`` (sorted, ties to the lower id) and the full-row logsumexp.
 
     Returns ``(cand_logits [B, k] fp32, cand_ids [B, k] int64, lse [B] fp32)``;
-    ``log pi_ref(cand) = cand_logits - lse``.
+    ``log pi_ref(cand) = cand_logits - lse``. Columns with equal values are ranked by id, the lower
+    first, so the k-th place of a tie goes to the lowest ids. With ``invalid="mark"`` a row with
+    NaN/+inf logits or no finite logit gets ids -1 and NaN values and lse instead of an error
+    (validity mask: ``cand_ids[:, 0] >= 0``); the other rows are unchanged. A row with fewer than k
+    finite logits is valid: its last entries are -inf, with the lowest unused ids.
     """
     logits = _float_tensor(logits, "logits", 2)
     _check_batch(logits)
@@ -162,7 +183,8 @@ def topk_candidates(logits: torch.Tensor, k: int, *, temperature: float = 1.0):
     if not (1 <= k <= logits.shape[1]):
         raise ValueError(f"k: must satisfy 1 <= k <= V={logits.shape[1]}, got {k}")
     temperature = _positive_float(temperature, "temperature")
-    return _backend.op("topk_candidates")(logits, k, temperature)
+    mark = _mark_invalid(invalid)
+    return _backend.op("topk_candidates")(logits, k, temperature, mark)
 
 
 def value_heads(
@@ -249,15 +271,21 @@ def tilted_sample(
     generator: Optional[torch.Generator] = None,
     seed: Union[None, int, torch.Tensor] = None,
     return_logprobs: bool = False,
+    invalid: str = "raise",
 ):
     """Sample one column per row from ``softmax(tilt_logits(...))`` restricted to the keep set.
 
     Keep set: every column if ``top_k == 0``, else the ``top_k`` columns of the base ``logits``
-    (``topk_on="base"``) or of the tilted scores (``topk_on="tilted"``); then nucleus ``top_p`` over
-    the tilted distribution inside it. Returns ids ``[B]`` int64 (mapped through ``candidate_ids``
-    when given) and, with ``return_logprobs=True``, ``logp_tilted [B]`` (under the distribution
-    actually sampled) and ``logp_base [B]`` (``log_softmax(logits / temperature)`` over all N columns).
-    ``seed`` (int, or int64 tensor of one seed per row) overrides ``generator``.
+    (``topk_on="base"``) or of the tilted scores (``topk_on="tilted"``), equal scores ranked by the
+    lower column; then nucleus ``top_p`` over the tilted distribution inside it: a column is kept
+    when the probability mass ranked strictly before it is < ``top_p`` (so the column that crosses
+    ``top_p`` is kept, and equal scores are again ranked by the lower column). Returns ids ``[B]``
+    int64 (mapped through ``candidate_ids`` when given) and, with ``return_logprobs=True``,
+    ``logp_tilted [B]`` (under the distribution actually sampled) and ``logp_base [B]``
+    (``log_softmax(logits / temperature)`` over all N columns).
+    ``seed`` (int, or int64 tensor of one seed per row) overrides ``generator``: the same seed gives
+    the same tokens, and with one seed per row a row's token does not depend on the rest of the batch.
+    The draw is exact for the full vocabulary (``top_k=0``): Gumbel-max with 52-bit float64 noise.
     """
     logits = _float_tensor(logits, "logits", 2)
     _check_batch(logits)
@@ -283,9 +311,10 @@ def tilted_sample(
             raise ValueError(f"candidate_ids: expected shape [B={B}, N={N}], got {tuple(candidate_ids.shape)}")
         _same_device(candidate_ids, logits, "candidate_ids", "logits")
         candidate_ids = candidate_ids.to(torch.int64)
+    mark = _mark_invalid(invalid)
     s, o = make_seed(generator, logits.device, seed, B)
     ids, logp_t, logp_b = _backend.op("tilted_sample")(
-        logits, values, weights, beta, temperature, top_k, top_p, topk_on == "tilted", candidate_ids, s, o
+        logits, values, weights, beta, temperature, top_k, top_p, topk_on == "tilted", candidate_ids, s, o, mark
     )
     return (ids, logp_t, logp_b) if return_logprobs else ids
 
@@ -304,11 +333,14 @@ def guided_sample(
     generator: Optional[torch.Generator] = None,
     seed: Union[None, int, torch.Tensor] = None,
     return_logprobs: bool = False,
+    invalid: str = "raise",
 ):
     """The fused MAVIS step for Q-head value models: top-k of the base logits -> gather-GEMV of the
     K candidate rows of every head -> weighted tilt -> sample. Same as ``topk_candidates`` ->
     ``value_heads(..., candidate_ids, weights)`` -> ``tilted_sample(cand_logits, ...)``, except that
-    ``logp_base`` is log pi_ref over the full vocabulary (what KL tracking needs)."""
+    ``logp_base`` is log pi_ref over the full vocabulary (what KL tracking needs). A non-finite
+    tilted score here comes from ``hidden``, ``head_weight`` or ``head_bias``.
+    """
     logits = _float_tensor(logits, "logits", 2)
     _check_batch(logits)
     B, V = logits.shape
@@ -337,8 +369,14 @@ def guided_sample(
         raise ValueError(f"top_k: must satisfy 1 <= top_k <= V={V}, got {top_k}")
     temperature = _positive_float(temperature, "temperature")
     top_p = _top_p(top_p)
+    mark = _mark_invalid(invalid)
     s, o = make_seed(generator, logits.device, seed, B)
     ids, logp_t, logp_b = _backend.op("guided_sample")(
-        logits, hidden, head_weight, head_bias, weights, beta, top_k, temperature, top_p, s, o
+        logits, hidden, head_weight, head_bias, weights, beta, top_k, temperature, top_p, s, o, mark
     )
     return (ids, logp_t, logp_b) if return_logprobs else ids
+
+
+for _fn in (tilted_sample, guided_sample):
+    if _fn.__doc__:  # None under python -OO
+        _fn.__doc__ += _INVALID_DOC

@@ -1,17 +1,19 @@
-"""Pure-PyTorch reference of every op in the public contract (DESIGN.md section 3).
+"""Pure-PyTorch reference of every op of ``torch.ops.mavis`` (schemas in ``csrc/ops.cpp``).
 
 This file is the ground truth: the C++ and CUDA kernels are tested against it, and it is the
 fallback when the compiled extension is missing. It favours clarity over speed, but follows the
 kernels' order of floating-point operations (fp32 accumulation, objectives summed in order, then
 ``logit / temperature + beta * combined``) and draws the same counter-based noise
-(Philox4x32-10 keyed by seed, offset, row and column; see ``csrc/include/mavis/philox.h``), so that
-with the same seed it picks the same tokens as the kernels except where two scores tie within
-rounding.
+(Philox4x32-10 keyed by seed, offset, row and column, 52 bits per draw, float64 Gumbel noise; see
+``csrc/include/mavis/philox.h``), so that with the same seed it picks the same tokens as the kernels
+except where two float64 scores tie within the rounding of a log.
 
 The functions here take already-validated arguments in the torch-op form (seed/offset tensors,
 ``weights`` as float32 ``[m]`` or ``[B, m]``). Argument checking with user-facing messages lives in
 ``mavis_ext/ops.py``; the data-dependent checks (NaN weights, rows with no finite logit) are done
-here as in the kernels, because only a pass over the data can see them.
+here as in the kernels, because only a pass over the data can see them. With ``mark_invalid`` (the
+ops' last argument) a row with bad data is marked (id -1, NaN) instead of raising; the order in
+which errors are raised when several rows are bad is that of ``_row_problems``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import torch
 
 __all__ = [
     "philox_uniform",
+    "uniform_from_words",
+    "gumbel_from_uniform",
     "gumbel_noise",
     "topk_candidates",
     "value_heads",
@@ -62,7 +66,7 @@ def _split64(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def philox_uniform(seed: torch.Tensor, offset: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
-    """Uniform (0, 1) noise of shape [n_rows, n_cols], identical to ``mavis::philox_uniform``.
+    """float64 uniform (0, 1) noise of shape [n_rows, n_cols], identical to ``mavis::philox_uniform``.
 
     ``seed``/``offset`` are int64 tensors of one element (shared by the batch: the row index is part
     of the counter) or ``n_rows`` elements (one stream per row: the row index is not, so a row's
@@ -85,24 +89,55 @@ def philox_uniform(seed: torch.Tensor, offset: torch.Tensor, n_rows: int, n_cols
     c3 = o_hi.view(-1, 1).expand(shape)
     k0 = s_lo.view(-1, 1).expand(shape)
     k1 = s_hi.view(-1, 1).expand(shape)
-    x0, _, _, _ = _philox4x32_10(c0, c1, c2, c3, k0, k1)
-    # 23 bits, centred: (k + 0.5) * 2^-23 is exact in fp32 and never 0 or 1 (see philox.h).
-    return ((x0 >> 9).to(torch.float32) + 0.5) * (1.0 / 8388608.0)
+    x0, x1, _, _ = _philox4x32_10(c0, c1, c2, c3, k0, k1)
+    return uniform_from_words(x0, x1)
 
 
-def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
-    u = philox_uniform(seed, offset, n_rows, n_cols)
+def uniform_from_words(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """float64 uniform from two 32-bit Philox words (int64 tensors holding values < 2**32).
+
+    52 random bits, the 32 of ``x0`` above the top 20 of ``x1``, centred in their cell:
+    ``u = (k + 0.5) * 2**-52``. Every such value is exact in float64 (53 significant bits), never 0
+    or 1; range ``[2**-53, 1 - 2**-53]``. Same as ``mavis::philox_uniform`` (csrc/include/mavis/philox.h).
+    """
+    k = (x0 << 20) | (x1 >> 12)  # < 2**52: exact in int64 and in float64
+    return (k.to(torch.float64) + 0.5) * 2.0**-52
+
+
+def gumbel_from_uniform(u: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise -log(-log(u)) in float64 (at most about 36.74, at u = 1 - 2**-53)."""
     return -torch.log(-torch.log(u))
 
 
-def _check_rows(x: torch.Tensor, name: str) -> None:
-    """Data-dependent checks shared with the kernels: no NaN/+inf, and a finite entry in each row."""
-    if torch.isnan(x).any():
-        raise ValueError(f"{name}: contains NaN")
-    if torch.isposinf(x).any():
-        raise ValueError(f"{name}: contains +inf")
-    if x.numel() and not torch.isfinite(x).any(dim=-1).all():
-        raise ValueError(f"{name}: a row has no finite entry (all -inf)")
+def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
+    """float64 Gumbel noise [n_rows, n_cols], as ``mavis::gumbel_noise``."""
+    return gumbel_from_uniform(philox_uniform(seed, offset, n_rows, n_cols))
+
+
+def _row_problems(x: torch.Tensor, name: str) -> list[tuple[str, torch.Tensor]]:
+    """The data errors of the rows of ``x`` [B, N]: (message, [B] bool mask of the rows that have
+    it), in the order they are reported when a batch has several (the kernels use the same order)."""
+    no_finite = ~torch.isfinite(x).any(dim=-1) if x.numel() else torch.zeros(x.shape[:-1], dtype=torch.bool)
+    return [
+        (f"{name}: contains NaN", torch.isnan(x).any(dim=-1)),
+        (f"{name}: contains +inf", torch.isposinf(x).any(dim=-1)),
+        (f"{name}: a row has no finite entry (all -inf)", no_finite),
+    ]
+
+
+def _raise_first(problems: list[tuple[str, torch.Tensor]]) -> None:
+    """Raise the first problem (in list order) that some row has: the error does not depend on
+    which row has it or on the batch order."""
+    for message, rows in problems:
+        if rows.any():
+            raise ValueError(message)
+
+
+def _bad_rows(problems: list[tuple[str, torch.Tensor]], B: int, device) -> torch.Tensor:
+    bad = torch.zeros(B, dtype=torch.bool, device=device)
+    for _, rows in problems:
+        bad = bad | rows.to(device)
+    return bad
 
 
 def _check_weights(weights: torch.Tensor) -> None:
@@ -117,11 +152,24 @@ def _ranked_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return vals[:, :k], idx[:, :k]
 
 
-def topk_candidates(logits: torch.Tensor, k: int, temperature: float = 1.0):
+def topk_candidates(logits: torch.Tensor, k: int, temperature: float = 1.0, mark_invalid: bool = False):
+    """(cand_logits [B, k], cand_ids [B, k], lse [B]) of ``logits / temperature``. With
+    ``mark_invalid`` a row with bad data (NaN/+inf, or no finite logit) gets ids -1 and NaN values
+    and lse instead of an error; the other rows are unchanged."""
     x = logits.float() / temperature
-    _check_rows(x, "logits")
+    problems = _row_problems(x, "logits")
+    if not mark_invalid:
+        _raise_first(problems)
+        bad = None
+    else:
+        bad = _bad_rows(problems, x.shape[0], x.device)
+        x = torch.where(bad[:, None], torch.zeros_like(x), x)  # any finite stand-in: the row is masked
     vals, idx = _ranked_topk(x, k)
     lse = torch.logsumexp(x, dim=-1)
+    if bad is not None:
+        vals = vals.masked_fill(bad[:, None], float("nan"))
+        idx = idx.masked_fill(bad[:, None], -1)
+        lse = lse.masked_fill(bad, float("nan"))
     return vals, idx, lse
 
 
@@ -191,38 +239,61 @@ def tilted_sample(
     candidate_ids=None,
     seed=None,
     offset=None,
+    mark_invalid: bool = False,
 ):
-    """Returns (ids [B] int64, logp_tilted [B] fp32, logp_base [B] fp32)."""
+    """Returns (ids [B] int64, logp_tilted [B] fp32, logp_base [B] fp32).
+
+    The draw is a Gumbel-max: ``argmax_j (float64(t_j) + g_j)`` over the kept columns, with the
+    float64 noise of :func:`gumbel_noise` and ties to the lower column. Data errors of a row (NaN or
+    +inf logits, no finite logit, a non-finite tilted score at a column that is used, no finite
+    candidate) raise, the first kind present in the batch first; with ``mark_invalid`` such a row
+    gets id -1 and NaN log-probabilities instead, and every other row is drawn exactly as without it.
+    """
     B, N = logits.shape
+    device = logits.device
     base = logits.float() / temperature
-    _check_rows(base, "logits")
+    problems = _row_problems(base, "logits")
+    bad = _bad_rows(problems, B, device)
+    if not mark_invalid:
+        _raise_first(problems)
+    base = torch.where(bad[:, None], torch.zeros_like(base), base)  # stand-in for rows marked invalid
     t = base + beta * combine_values(values, weights) if values is not None else base
     t = torch.where(torch.isneginf(base), base, t)  # a column the base model bans stays banned
-    keep = torch.ones(B, N, dtype=torch.bool, device=logits.device)
+    keep = torch.ones(B, N, dtype=torch.bool, device=device)
     if 0 < top_k < N and not topk_on_tilted:
         # The base model proposes: the keep set depends on the logits only, and only the values of
         # the kept columns are ever read (the kernels gather them), so only those are checked.
         _, idx = _ranked_topk(base, top_k)
         keep = torch.zeros_like(keep)
         keep.scatter_(-1, idx, True)
-    if values is not None and not torch.isfinite(t[keep & torch.isfinite(base)]).all():
-        raise ValueError("values: tilted scores are not finite (NaN or inf in values)")
+    values_bad = (keep & torch.isfinite(base) & ~torch.isfinite(t)).any(dim=-1) & ~bad
+    problems.append(("values: tilted scores are not finite (NaN or inf in values)", values_bad))
+    bad = bad | values_bad
+    t = torch.where(bad[:, None], base, t)
     if 0 < top_k < N and topk_on_tilted:
         _, idx = _ranked_topk(t, top_k)
         keep = torch.zeros_like(keep)
         keep.scatter_(-1, idx, True)
     keep = keep & torch.isfinite(t)
-    if not keep.any(dim=-1).all():
-        raise ValueError("logits: no finite candidate left in a row after top_k")
+    no_candidate = ~keep.any(dim=-1) & ~bad
+    problems.append(("logits: no finite candidate left in a row after top_k", no_candidate))
+    if not mark_invalid:
+        _raise_first(problems)
+    bad = bad | no_candidate
+    keep = keep | bad[:, None]  # stand-in keep set (all columns, finite scores) for marked rows
     if top_p < 1.0:
         keep = _nucleus_mask(t, keep, top_p)
-    g = gumbel_noise(seed, offset, B, N).to(logits.device)
+    g = gumbel_noise(seed, offset, B, N).to(device)
+    score = torch.where(keep, t.double() + g, torch.full_like(g, float("-inf")))
+    tok = torch.argmax(score, dim=-1)  # the first maximum: ties go to the lower column
     neg_inf = torch.full_like(t, float("-inf"))
-    score = torch.where(keep, t + g, neg_inf)
-    tok = torch.argmax(score, dim=-1)
     logp_t = torch.log_softmax(torch.where(keep, t, neg_inf), dim=-1).gather(-1, tok[:, None])[:, 0]
     logp_b = torch.log_softmax(base, dim=-1).gather(-1, tok[:, None])[:, 0]
     ids = tok if candidate_ids is None else candidate_ids.gather(-1, tok[:, None])[:, 0].to(torch.int64)
+    if mark_invalid:
+        ids = ids.masked_fill(bad, -1)
+        logp_t = logp_t.masked_fill(bad, float("nan"))
+        logp_b = logp_b.masked_fill(bad, float("nan"))
     return ids, logp_t, logp_b
 
 
@@ -238,10 +309,15 @@ def guided_sample(
     top_p: float = 1.0,
     seed=None,
     offset=None,
+    mark_invalid: bool = False,
 ):
-    """Fused Q-head MAVIS step. ``logp_base`` is log pi_ref over the FULL vocabulary."""
-    cand_logits, cand_ids, lse = topk_candidates(logits, top_k, temperature)
-    comb = value_heads(hidden, head_weight, head_bias, candidate_ids=cand_ids, weights=weights)
+    """Fused Q-head MAVIS step. ``logp_base`` is log pi_ref over the FULL vocabulary. With
+    ``mark_invalid`` a row with bad logits or a non-finite tilted score gets id -1 and NaN
+    log-probabilities; the other rows are drawn exactly as without it."""
+    cand_logits, cand_ids, lse = topk_candidates(logits, top_k, temperature, mark_invalid)
+    bad = cand_ids[:, 0] < 0
+    safe_ids = cand_ids.clamp_min(0)  # marked rows read head rows 0..: any in-range stand-in
+    comb = value_heads(hidden, head_weight, head_bias, candidate_ids=safe_ids, weights=weights)
     ids, logp_t, _ = tilted_sample(
         cand_logits,
         comb.unsqueeze(1),
@@ -250,8 +326,14 @@ def guided_sample(
         top_p=top_p,
         seed=seed,
         offset=offset,
-        candidate_ids=cand_ids,
+        candidate_ids=safe_ids,
+        mark_invalid=mark_invalid,
     )
-    pos = (cand_ids == ids[:, None]).float().argmax(dim=-1)
+    pos = (safe_ids == ids[:, None]).float().argmax(dim=-1)
     logp_b = cand_logits.gather(-1, pos[:, None])[:, 0] - lse
+    if mark_invalid:
+        bad = bad | (ids < 0)
+        ids = ids.masked_fill(bad, -1)
+        logp_t = logp_t.masked_fill(bad, float("nan"))
+        logp_b = logp_b.masked_fill(bad, float("nan"))
     return ids, logp_t, logp_b

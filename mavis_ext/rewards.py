@@ -7,17 +7,27 @@ Sources of a reward:
   ``/path/to/file.py:function``.
 
 Every output is validated (shape ``[N]``, finite) and a failure names the objective, so a broken
-reward stops a run before hours of rollouts are labelled with garbage.
+reward stops a run before hours of rollouts are labelled with garbage. A Hugging Face model whose
+score head is not in its checkpoint (e.g. a causal LM given as ``hf:``) would score at random: it is
+refused unless ``allow_untrained_head=True`` (CLI: ``--allow-untrained-reward-head``).
+
+``describe()`` of every adapter says what the reward computes, for the resume fingerprint of
+training (weights and settings of a model; name and source text of a Python function).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 from typing import Callable, List, Optional, Sequence, Union
 
 import torch
+
+from .model_paths import check_model_source
 
 __all__ = [
     "HFSequenceClassifierReward", "CallableReward", "load_reward", "load_rewards", "check_reward_output",
@@ -52,11 +62,31 @@ def check_reward_output(out, n: int, name: str) -> torch.Tensor:
 class CallableReward:
     """Wraps ``fn(prompts, responses)`` with argument and output checks."""
 
-    def __init__(self, fn: Callable, name: str = "reward"):
+    def __init__(self, fn: Callable, name: str = "reward", *, origin_file: Optional[str] = None):
         if not callable(fn):
             raise TypeError(f"reward {name!r}: expected a callable, got {type(fn).__name__}")
         self.fn = fn
         self.name = name
+        # The file a spec string loaded ``fn`` from: its whole content identifies the reward (helpers
+        # that ``fn`` calls included).
+        self.origin_file = origin_file
+
+    def describe(self) -> dict:
+        """What this reward computes, for the training resume fingerprint: the function's module and
+        name, and the SHA-256 of the file it came from (spec strings) or of its source text. Data a
+        function closes over is not covered."""
+        fn = self.fn
+        target = fn if (inspect.isfunction(fn) or inspect.ismethod(fn) or inspect.isclass(fn)) else type(fn)
+        name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(fn).__name__)}"
+        if self.origin_file is not None:
+            with open(self.origin_file, "rb") as f:
+                return {"kind": "python", "function": name, "file_sha256": hashlib.sha256(f.read()).hexdigest()}
+        try:
+            src = inspect.getsource(target)
+        except (OSError, TypeError):
+            src = None
+        return {"kind": "python", "function": name,
+                "source_sha256": None if src is None else hashlib.sha256(src.encode("utf-8")).hexdigest()}
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         prompts, responses = list(prompts), list(responses)
@@ -74,11 +104,17 @@ class HFSequenceClassifierReward:
     ``template`` joins prompt and response into the text that is classified (``str.format`` with
     ``{prompt}`` and ``{response}``; e.g. ``"{response} </s></s> {prompt}"`` for a summary
     faithfulness detector). The score is ``logits[:, logit_index]``. Inputs are right-padded so
-    that classifiers that pool the last non-pad token read the right position."""
+    that classifiers that pool the last non-pad token read the right position.
+
+    A checkpoint without trained weights for some of the classifier's parameters (typically the
+    score head of a causal LM or base-model checkpoint, which HF initialises at random with only a
+    warning) raises ``ValueError`` unless ``allow_untrained_head=True``; the random initialisation
+    is then seeded, so every run (and every resume) scores the same way."""
 
     def __init__(self, model: Union[str, "torch.nn.Module"], *, tokenizer=None, logit_index: int = 0,
                  template: str = "{prompt}{response}", batch_size: int = 16, device=None,
-                 max_length: Optional[int] = None, torch_dtype=None, name: str = "reward"):
+                 max_length: Optional[int] = None, torch_dtype=None, name: str = "reward",
+                 allow_untrained_head: bool = False):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.name = name
@@ -89,14 +125,29 @@ class HFSequenceClassifierReward:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"reward {name!r}: batch_size must be an int >= 1, got {batch_size!r}")
         self.template, self.batch_size, self.max_length = template, batch_size, max_length
-        if isinstance(model, str):
+        self.untrained = []
+        if isinstance(model, (str, os.PathLike)):
+            src = check_model_source(model, f"reward {name!r}")
             try:
-                kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-                self.model = AutoModelForSequenceClassification.from_pretrained(model, **kw)
-                self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
+                kw = {"dtype": torch_dtype} if torch_dtype is not None else {}
+                with torch.random.fork_rng(devices=[]), _hf_report_silenced():
+                    torch.manual_seed(0)      # weights missing from the checkpoint: the same on every run
+                    self.model, info = AutoModelForSequenceClassification.from_pretrained(
+                        src, output_loading_info=True, **kw)
+                self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(src)
             except Exception as e:  # noqa: BLE001 - turn a long HF trace into one line naming the objective
-                raise ValueError(f"reward {name!r}: cannot load Hugging Face sequence classifier {model!r}: "
-                                 f"{type(e).__name__}: {e}") from e
+                msg = " ".join(str(e).split())[:300]
+                raise ValueError(f"reward {name!r}: cannot load Hugging Face sequence classifier {os.fspath(model)!r}: "
+                                 f"{type(e).__name__}: {msg}") from e
+            self.untrained = sorted(set(info.get("missing_keys") or ()) |
+                                    {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()})
+            if self.untrained and not allow_untrained_head:
+                shown = ", ".join(self.untrained[:3]) + (", ..." if len(self.untrained) > 3 else "")
+                raise ValueError(
+                    f"reward {name!r}: {os.fspath(model)!r} has no trained weights for {shown} (newly initialised: not a "
+                    "trained sequence-classification reward model, e.g. a causal LM checkpoint), so its scores would "
+                    "be random; give a trained reward model, or pass --allow-untrained-reward-head "
+                    "(allow_untrained_head=True) to use it anyway")
         else:
             if tokenizer is None:
                 raise ValueError(f"reward {name!r}: a tokenizer is required when passing a model object")
@@ -139,8 +190,33 @@ class HFSequenceClassifierReward:
     def __repr__(self) -> str:
         return f"HFSequenceClassifierReward({self.name!r}, logit_index={self.logit_index})"
 
+    def describe(self) -> dict:
+        """What this reward computes, for the training resume fingerprint (not the folder path)."""
+        from .training.fingerprint import model_fingerprint
+        from .values import tokenizer_fingerprint
 
-def _load_function(spec: str, name: str) -> Callable:
+        return {"kind": "hf_sequence_classifier", "weights": model_fingerprint(self.model),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer), "logit_index": self.logit_index,
+                "template": self.template, "max_length": self.max_length, "batch_size": self.batch_size,
+                "untrained": list(self.untrained)}
+
+
+@contextlib.contextmanager
+def _hf_report_silenced():
+    """Hide transformers' multi-line load report while a reward model loads: missing weights are
+    turned into one clear error (or accepted on request) right after."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _load_function(spec: str, name: str):
+    """``(function, file it was defined in or None)`` for a ``module:function`` / ``file.py:function`` spec."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
         raise ValueError(f"reward {name!r}: spec {spec!r} must be 'hf:PATH_OR_ID[:LOGIT]', "
@@ -164,12 +240,15 @@ def _load_function(spec: str, name: str) -> Callable:
         fn = getattr(fn, part)
     if not callable(fn):
         raise ValueError(f"reward {name!r}: {spec!r} is not callable")
-    return fn
+    origin = getattr(mod, "__file__", None)
+    return fn, (origin if origin and os.path.isfile(origin) else None)
 
 
 def load_reward(spec, name: str = "reward", *, device=None, batch_size: int = 16,
-                template: str = "{prompt}{response}", max_length: Optional[int] = None) -> Callable:
-    """A checked reward callable from a spec string, an ``HFSequenceClassifierReward`` or a callable."""
+                template: str = "{prompt}{response}", max_length: Optional[int] = None,
+                allow_untrained_head: bool = False) -> Callable:
+    """A checked reward callable from a spec string, an ``HFSequenceClassifierReward`` or a callable.
+    ``allow_untrained_head``: accept an ``hf:`` model whose score head is not in its checkpoint."""
     if isinstance(spec, (HFSequenceClassifierReward, CallableReward)):
         return spec
     if callable(spec):
@@ -186,8 +265,10 @@ def load_reward(spec, name: str = "reward", *, device=None, batch_size: int = 16
         if not body:
             raise ValueError(f"reward {name!r}: spec {spec!r} names no model")
         return HFSequenceClassifierReward(body, logit_index=logit_index, template=template, batch_size=batch_size,
-                                          device=device, max_length=max_length, name=name)
-    return CallableReward(_load_function(spec, name), name)
+                                          device=device, max_length=max_length, name=name,
+                                          allow_untrained_head=allow_untrained_head)
+    fn, origin = _load_function(spec, name)
+    return CallableReward(fn, name, origin_file=origin)
 
 
 def load_rewards(rewards, **kwargs) -> "dict[str, Callable]":

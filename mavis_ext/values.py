@@ -1,4 +1,4 @@
-"""Value models: a Hugging Face causal-LM trunk plus value heads for m objectives (DESIGN.md section 4).
+"""Value models: the decoder stack of a Hugging Face causal LM (the trunk) plus value heads for m objectives.
 
 Two modes:
 
@@ -12,13 +12,23 @@ Two modes:
 One ``ValueModel`` = one trunk shared by its m heads. Several ``ValueModel`` s (one per objective, or
 any mix of modes and trunks) form a ``ValueEnsemble`` whose objectives are the concatenation.
 
+The trunk is the decoder stack only (``LlamaModel``, ``GPT2Model``, ...): a causal LM given as
+trunk loses its LM head, which a value model never uses. Keeping it would carry a large parameter
+with no gradient: optimizers treat such a parameter differently depending on whether its gradient is
+``None`` or zeros (which is what a gradient all-reduce across processes produces), and it would be
+saved for nothing.
+
 Saved layout (``save_pretrained``, written to a temporary directory and renamed into place)::
 
-    path/mavis_value_config.json   mode, objectives, hidden/vocab size, trunk source, tokenizer fingerprint
+    path/mavis_value_config.json   mode, objectives, hidden/vocab size, trunk source, tokenizer
+                                   fingerprint, and the size and SHA-256 of every other file
     path/heads.safetensors         head_weight, head_bias
     path/trunk/                    the trunk (HF save_pretrained: config.json + safetensors [+ tokenizer])
 
-An ensemble is saved as ``path/mavis_ensemble.json`` plus one such directory per member.
+An ensemble is saved as ``path/mavis_ensemble.json`` plus one such directory per member. Loading
+checks every file against the manifest first, so a truncated or damaged file is reported as
+``CorruptFileError`` (a ``ValueError``) naming that file. Format 1 (older releases: the trunk saved
+with its LM head, no manifest) still loads.
 """
 
 from __future__ import annotations
@@ -35,11 +45,16 @@ import torch
 from torch import nn
 
 from . import ops
+from .integrity import CorruptFileError, dir_manifest, one_line, read_json, verify_manifest
+from .model_paths import check_model_source
+from .safetensors_io import load_checked
 
 __all__ = [
     "ValueModel",
     "ValueEnsemble",
     "load_value_models",
+    "verify_saved",
+    "CorruptFileError",
     "tokenizer_fingerprint",
     "positions_from_mask",
     "MODES",
@@ -50,7 +65,9 @@ CONFIG_NAME = "mavis_value_config.json"
 ENSEMBLE_NAME = "mavis_ensemble.json"
 HEADS_NAME = "heads.safetensors"
 TRUNK_DIR = "trunk"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: trunk saved without LM head, file manifest in the config
+REMEDY = ("restore the folder from a copy, or rerun the training command that wrote it (a resumed training run "
+          "rebuilds a damaged iteration model)")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -91,6 +108,21 @@ def _load_causal_lm(source: str, torch_dtype=None):
     return AutoModelForCausalLM.from_pretrained(source, **kw)
 
 
+def _load_saved_trunk(trunk_dir: str, format_version: int, torch_dtype=None):
+    """The trunk of a saved value model: a decoder stack (format 2) or, from format 1, a causal LM
+    whose LM head is dropped. Any loading failure names the folder."""
+    try:
+        if format_version >= 2:
+            from transformers import AutoModel
+
+            kw = {"dtype": torch_dtype} if torch_dtype is not None else {}
+            return AutoModel.from_pretrained(trunk_dir, **kw)
+        return _strip_lm_head(_load_causal_lm(trunk_dir, torch_dtype))
+    except Exception as e:  # noqa: BLE001 -- HF/safetensors raise many types for a damaged folder
+        raise CorruptFileError(trunk_dir, f"the trunk cannot be loaded ({type(e).__name__}: {one_line(e)[:300]})",
+                               REMEDY) from None
+
+
 def _maybe_tokenizer(source):
     if not isinstance(source, str):
         return None
@@ -111,8 +143,10 @@ def _unwrap_peft(trunk):
 
 def backbone_of(trunk) -> nn.Module:
     """The decoder stack of a causal LM (``LlamaModel``, ``GPT2Model``, ...), without the LM head:
-    its ``last_hidden_state`` is what the value heads read."""
+    its ``last_hidden_state`` is what the value heads read. A decoder stack is its own backbone."""
     model = _unwrap_peft(trunk)
+    if getattr(model, "base_model", None) is model:
+        return model
     prefix = getattr(model, "base_model_prefix", "")
     bb = getattr(model, prefix, None) if prefix else None
     if bb is None or bb is model:
@@ -120,6 +154,17 @@ def backbone_of(trunk) -> nn.Module:
         bb = get_dec() if callable(get_dec) else None
     if bb is None:
         raise TypeError(f"trunk: cannot find the decoder stack of {type(model).__name__} (no base_model_prefix)")
+    return bb
+
+
+def _strip_lm_head(trunk):
+    """``trunk`` without its LM head (the decoder stack, sharing its weights). A peft-wrapped trunk
+    is kept whole: peft already freezes everything but the adapters, so its head is not trained."""
+    if _unwrap_peft(trunk) is not trunk:
+        return trunk
+    bb = backbone_of(trunk)
+    if not hasattr(bb, "config") or not callable(getattr(bb, "save_pretrained", None)):
+        raise TypeError(f"trunk: the decoder stack of {type(trunk).__name__} is not a Hugging Face model")
     return bb
 
 
@@ -154,6 +199,7 @@ class ValueModel(nn.Module):
             raise ValueError(f"objectives: duplicate names in {objectives}")
         if not isinstance(trunk, nn.Module) or not hasattr(trunk, "config"):
             raise TypeError(f"trunk: expected a Hugging Face PreTrainedModel, got {type(trunk).__name__}")
+        trunk = _strip_lm_head(trunk)      # the LM head is never used (see the module docstring)
         self.trunk = trunk
         self.mode = mode
         self.objectives = objectives
@@ -191,12 +237,13 @@ class ValueModel(nn.Module):
         torch_dtype = _resolve_dtype(torch_dtype)
         source = trunk if isinstance(trunk, (str, os.PathLike)) else getattr(getattr(trunk, "config", None), "_name_or_path", None)
         if isinstance(trunk, (str, os.PathLike)):
-            trunk_path = os.fspath(trunk)
+            trunk_path = check_model_source(trunk, "trunk")
             if tokenizer is None:
                 tokenizer = _maybe_tokenizer(trunk_path)
             trunk = _load_causal_lm(trunk_path, torch_dtype)
         elif torch_dtype is not None:
             trunk = trunk.to(torch_dtype)
+        trunk = _strip_lm_head(trunk)   # before LoRA, so adapters wrap the decoder stack only
         lora_dict = None
         if lora is not None:
             trunk, lora_dict = _apply_lora(trunk, lora)
@@ -205,39 +252,45 @@ class ValueModel(nn.Module):
         return vm
 
     @classmethod
-    def from_pretrained(cls, path, *, base_tokenizer=None, torch_dtype=None, device=None) -> "ValueModel":
+    def from_pretrained(cls, path, *, base_tokenizer=None, torch_dtype=None, device=None,
+                        verify: bool = True) -> "ValueModel":
         """Load a value model saved by ``save_pretrained``. With ``base_tokenizer`` given, checks that
-        the value model was trained with the same vocabulary and raises ``ValueError`` if not."""
-        from safetensors.torch import load_file
-
-        path = os.fspath(path)
+        the value model was trained with the same vocabulary and raises ``ValueError`` if not.
+        ``verify``: check every file's SHA-256 against the manifest first (about a second per GB;
+        sizes are always checked). A missing folder raises ``FileNotFoundError``, a damaged file
+        ``CorruptFileError``; both messages are one line naming the path."""
+        path = check_model_source(path, "path")
         cfg_path = os.path.join(path, CONFIG_NAME)
         if not os.path.isfile(cfg_path):
             if os.path.isfile(os.path.join(path, ENSEMBLE_NAME)):
                 raise ValueError(f"path: {path} holds a ValueEnsemble; load it with load_value_models()")
             raise FileNotFoundError(f"path: no {CONFIG_NAME} in {path!r} (not a saved ValueModel)")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        if cfg.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"path: {path} was saved by a newer mavis_ext (format {cfg['format_version']})")
+        cfg = _read_config(path, verify)
         torch_dtype = _resolve_dtype(torch_dtype)
         trunk_dir = os.path.join(path, TRUNK_DIR)
-        trunk = _load_causal_lm(trunk_dir, torch_dtype)
+        trunk = _load_saved_trunk(trunk_dir, int(cfg.get("format_version", 1)), torch_dtype)
         tokenizer = _maybe_tokenizer(trunk_dir) if cfg.get("tokenizer_saved") else None
-        heads = load_file(os.path.join(path, HEADS_NAME))
+        heads, _ = load_checked(os.path.join(path, HEADS_NAME), REMEDY,
+                                require_checksum=int(cfg.get("format_version", 1)) >= 2)
+        if "head_weight" not in heads or "head_bias" not in heads:
+            raise CorruptFileError(os.path.join(path, HEADS_NAME), "has no head_weight/head_bias", REMEDY)
         w, b = heads["head_weight"], heads["head_bias"]
         if torch_dtype is not None:
             w, b = w.to(torch_dtype), b.to(torch_dtype)
         else:
             dt = next(trunk.parameters()).dtype
             w, b = w.to(dt), b.to(dt)
-        vm = cls(trunk, cfg["objectives"], cfg["mode"], head_weight=w, head_bias=b, tokenizer=tokenizer,
-                 trunk_source=cfg.get("trunk_source"))
+        try:
+            vm = cls(trunk, cfg["objectives"], cfg["mode"], head_weight=w, head_bias=b, tokenizer=tokenizer,
+                     trunk_source=cfg.get("trunk_source"))
+        except (ValueError, TypeError) as e:
+            raise CorruptFileError(path, f"its files do not fit together ({one_line(e)})", REMEDY) from None
         # A LoRA checkpoint is saved merged: the loaded trunk is plain (train it fully or add new adapters).
         vm.merged_lora_config = cfg.get("lora")
         vm._saved_fingerprint = cfg.get("tokenizer")
         if vm.vocab_size != cfg["vocab_size"] or vm.hidden_size != cfg["hidden_size"]:
-            raise ValueError(f"path: trunk in {path} does not match its config (vocab/hidden size)")
+            raise CorruptFileError(path, f"trunk (vocab {vm.vocab_size}, hidden {vm.hidden_size}) does not match "
+                                   f"{CONFIG_NAME} (vocab {cfg['vocab_size']}, hidden {cfg['hidden_size']})", REMEDY)
         if base_tokenizer is not None:
             vm.check_tokenizer(base_tokenizer, name="base_tokenizer")
         if device is not None:
@@ -264,7 +317,7 @@ class ValueModel(nn.Module):
         }
 
     def _write(self, tmp: str) -> None:
-        from safetensors.torch import save_file
+        from .safetensors_io import save_deterministic
 
         trunk = self.trunk
         if self.lora_config is not None:
@@ -274,13 +327,15 @@ class ValueModel(nn.Module):
         trunk.save_pretrained(os.path.join(tmp, TRUNK_DIR))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(os.path.join(tmp, TRUNK_DIR))
-        save_file({"head_weight": self.head_weight.detach().contiguous().cpu(),
-                   "head_bias": self.head_bias.detach().contiguous().cpu()}, os.path.join(tmp, HEADS_NAME))
+        save_deterministic({"head_weight": self.head_weight, "head_bias": self.head_bias},
+                           os.path.join(tmp, HEADS_NAME))
         cfg = self._config_dict()
         if self.lora_config is not None:
             cfg["lora_merged"] = True
+        cfg["files"] = dir_manifest(tmp)          # written last: covers every other file
         with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
             json.dump(cfg, f, indent=2)
+            f.write("\n")
 
     def save_pretrained(self, path) -> None:
         """Write to ``path`` atomically: a sibling temporary directory, then rename into place (an
@@ -417,16 +472,18 @@ class ValueEnsemble(nn.Module):
             with open(os.path.join(tmp, ENSEMBLE_NAME), "w") as f:
                 json.dump({"format_version": FORMAT_VERSION, "kind": "ValueEnsemble", "members": names,
                            "objectives": self.objectives}, f, indent=2)
+                f.write("\n")
 
         _atomic_write_dir(os.fspath(path), write)
 
     @classmethod
-    def from_pretrained(cls, path, *, base_tokenizer=None, torch_dtype=None, device=None) -> "ValueEnsemble":
-        path = os.fspath(path)
-        with open(os.path.join(path, ENSEMBLE_NAME)) as f:
-            cfg = json.load(f)
+    def from_pretrained(cls, path, *, base_tokenizer=None, torch_dtype=None, device=None,
+                        verify: bool = True) -> "ValueEnsemble":
+        path = check_model_source(path, "path")
+        members = _ensemble_members(path)
         return cls([ValueModel.from_pretrained(os.path.join(path, s), base_tokenizer=base_tokenizer,
-                                               torch_dtype=torch_dtype, device=device) for s in cfg["members"]])
+                                               torch_dtype=torch_dtype, device=device, verify=verify)
+                    for s in members])
 
 
 def members_of(value_models) -> list[ValueModel]:
@@ -447,33 +504,90 @@ def members_of(value_models) -> list[ValueModel]:
     raise TypeError(f"value_models: expected a ValueModel, ValueEnsemble, list or None, got {type(value_models).__name__}")
 
 
-def load_value_models(paths_or_models, *, base_tokenizer=None, torch_dtype=None, device=None):
+def load_value_models(paths_or_models, *, base_tokenizer=None, torch_dtype=None, device=None, verify: bool = True,
+                      arg_name: str = "paths_or_models"):
     """One path / model -> that ``ValueModel`` (or the saved ``ValueEnsemble``); several -> a
-    ``ValueEnsemble`` of all of them, objectives in the given order."""
+    ``ValueEnsemble`` of all of them, objectives in the given order. A path that does not exist
+    raises ``FileNotFoundError`` ("no such directory", naming ``arg_name``); a damaged file
+    ``CorruptFileError`` naming the file; ``verify`` as in ``ValueModel.from_pretrained``."""
     items = paths_or_models if isinstance(paths_or_models, (list, tuple)) else [paths_or_models]
     if not items:
-        raise ValueError("paths_or_models: empty")
-    loaded = []
+        raise ValueError(f"{arg_name}: empty")
+    # every path is checked before anything is loaded: a typo in the last one fails at once
+    resolved = []                          # (model object, None) or (None, folder)
+    names = []
     for i, it in enumerate(items):
         if isinstance(it, (ValueModel, ValueEnsemble)):
-            loaded.append(it)
+            resolved.append((it, None))
             continue
+        name = arg_name if len(items) == 1 and not isinstance(paths_or_models, (list, tuple)) else f"{arg_name}[{i}]"
         if not isinstance(it, (str, os.PathLike)):
-            raise TypeError(f"paths_or_models[{i}]: expected a path or a ValueModel, got {type(it).__name__}")
-        p = os.fspath(it)
-        kw = dict(base_tokenizer=base_tokenizer, torch_dtype=torch_dtype, device=device)
-        if os.path.isfile(os.path.join(p, ENSEMBLE_NAME)):
+            raise TypeError(f"{name}: expected a path or a ValueModel, got {type(it).__name__}")
+        p = check_model_source(it, name)
+        if not os.path.isdir(p):
+            raise FileNotFoundError(f"{name}: no such directory: {os.fspath(it)!r} (value models are local folders)")
+        resolved.append((None, p))
+        names.append((name, p))
+    for name, p in names:
+        if not (os.path.isfile(os.path.join(p, ENSEMBLE_NAME)) or os.path.isfile(os.path.join(p, CONFIG_NAME))):
+            raise FileNotFoundError(f"{name}: {p!r} is not a saved value model (no {CONFIG_NAME} or {ENSEMBLE_NAME})")
+    loaded = []
+    kw = dict(base_tokenizer=base_tokenizer, torch_dtype=torch_dtype, device=device, verify=verify)
+    for obj, p in resolved:
+        if p is None:
+            loaded.append(obj)
+        elif os.path.isfile(os.path.join(p, ENSEMBLE_NAME)):
             loaded.append(ValueEnsemble.from_pretrained(p, **kw))
-        elif os.path.isfile(os.path.join(p, CONFIG_NAME)):
-            loaded.append(ValueModel.from_pretrained(p, **kw))
         else:
-            raise FileNotFoundError(f"paths_or_models[{i}]: {p!r} is not a saved value model (no {CONFIG_NAME} or {ENSEMBLE_NAME})")
+            loaded.append(ValueModel.from_pretrained(p, **kw))
     if len(loaded) == 1:
         return loaded[0]
     return ValueEnsemble(members_of(loaded))
 
 
+def verify_saved(path) -> None:
+    """Check a saved ``ValueModel`` or ``ValueEnsemble`` folder without loading it: every config
+    parses and every file matches its manifest (size and SHA-256). Raises ``CorruptFileError``
+    naming the first bad file, ``FileNotFoundError`` when ``path`` holds no value model."""
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, ENSEMBLE_NAME)):
+        for m in _ensemble_members(path):
+            verify_saved(os.path.join(path, m))
+        return
+    if not os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        raise FileNotFoundError(f"path: no {CONFIG_NAME} in {path!r} (not a saved ValueModel)")
+    _read_config(path, verify=True)
+
+
 # ----------------------------------------------------------------------------- internals
+def _read_config(path: str, verify: bool) -> dict:
+    """The parsed ``mavis_value_config.json`` of ``path`` after checking the folder's files against
+    its manifest (format >= 2; format 1 has none)."""
+    cfg_path = os.path.join(path, CONFIG_NAME)
+    cfg = read_json(cfg_path, REMEDY)
+    if cfg.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"path: {path} was saved by a newer mavis_ext (format {cfg['format_version']}); "
+                         "upgrade mavis_ext to load it")
+    missing = [k for k in ("mode", "objectives", "vocab_size", "hidden_size") if k not in cfg]
+    if missing:
+        raise CorruptFileError(cfg_path, f"is missing fields {missing}", REMEDY)
+    verify_manifest(path, cfg.get("files"), REMEDY, checksums=verify)
+    return cfg
+
+
+def _ensemble_members(path: str) -> list:
+    epath = os.path.join(path, ENSEMBLE_NAME)
+    cfg = read_json(epath, REMEDY)
+    members = cfg.get("members")
+    if not isinstance(members, list) or not members or not all(
+            isinstance(m, str) and m and "/" not in m and "\\" not in m and m not in (".", "..") for m in members):
+        raise CorruptFileError(epath, "has no valid member list", REMEDY)
+    for m in members:
+        if not os.path.isdir(os.path.join(path, m)):
+            raise CorruptFileError(os.path.join(path, m), "member folder is missing", REMEDY)
+    return members
+
+
 def _atomic_write_dir(path: str, write) -> None:
     path = os.path.abspath(path)
     parent = os.path.dirname(path)

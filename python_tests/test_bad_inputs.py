@@ -239,7 +239,10 @@ def test_raw_ops_reject_bad_args(device):
         ("weights", ops.guided_sample, (x, h, W, None, torch.tensor([nan, 1.0], device=device), 1.0, 3, 1.0, 1.0,
                                         s, o)),
     ]
-    for name, op, args in cases:
+    # argument errors raise whether bad rows are marked or not (mark_invalid, the trailing argument)
+    marked = [(name, op, args + (True,)) for name, op, args in cases if op is not ops.value_heads
+              and op is not ops.tilt_logits]
+    for name, op, args in cases + marked:
         with pytest.raises(RuntimeError, match=name):
             op(*args)
 
@@ -283,6 +286,49 @@ def test_tilted_sample_never_crashes(B, N, m, top_k, top_p, temperature, topk_on
     x = logits.float() / temperature
     assert torch.isfinite(x.gather(1, ids[:, None])).all(), "drew a banned (-inf) column"
     assert (lt <= 1e-6).all() and (lb <= 1e-6).all() and not torch.isnan(lt).any() and not torch.isnan(lb).any()
+    # a batch that samples without error has no row to mark, and marking changes nothing
+    marked = mavis_ext.tilted_sample(logits, values, w, top_k=top_k, top_p=top_p, temperature=temperature,
+                                     topk_on=topk_on, seed=data_seed, return_logprobs=True, invalid="mark")
+    assert all(torch.equal(a, b) for a, b in zip(marked, (ids, lt, lb)))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    B=st.integers(1, 5), N=st.integers(1, 40), m=st.integers(1, 3), top_k=st.integers(0, 40),
+    top_p=st.sampled_from([0.1, 0.5, 0.99, 1.0]), temperature=st.sampled_from([0.05, 1.0, 7.0]),
+    topk_on=st.sampled_from(["base", "tilted"]), use_values=st.booleans(),
+    poison=st.lists(st.tuples(st.integers(0, 10**6), _floats), max_size=4),
+    poison_values=st.lists(st.tuples(st.integers(0, 10**6), _floats), max_size=3),
+    data_seed=st.integers(0, 2**31 - 1),
+)
+def test_tilted_sample_marks_rows_never_raises_on_data(B, N, m, top_k, top_p, temperature, topk_on, use_values,
+                                                      poison, poison_values, data_seed):
+    """invalid="mark" with valid arguments never raises on data: each row is either a valid draw or
+    id -1 with NaN log-probs, and each valid row is the draw of that row alone (per-row seeds)."""
+    top_k = min(top_k, N)
+    logits = randn((B, N), seed=data_seed, scale=3.0)
+    flat = logits.view(-1)
+    for pos, val in poison:
+        flat[pos % flat.numel()] = val
+    values = randn((B, m, N), seed=data_seed + 1) if use_values else None
+    if values is not None:
+        vflat = values.view(-1)
+        for pos, val in poison_values:
+            vflat[pos % vflat.numel()] = val
+    w = torch.rand(m, generator=gen(data_seed)) if use_values else None
+    kw = dict(top_k=top_k, top_p=top_p, temperature=temperature, topk_on=topk_on, return_logprobs=True)
+    seeds = torch.arange(B) + data_seed
+    ids, lt, lb = mavis_ext.tilted_sample(logits, values, w, seed=seeds, invalid="mark", **kw)
+    for r in range(B):
+        one = lambda: mavis_ext.tilted_sample(logits[r:r + 1], None if values is None else values[r:r + 1], w,
+                                              seed=seeds[r:r + 1], **kw)
+        if ids[r] < 0:
+            assert ids[r] == -1 and torch.isnan(lt[r]) and torch.isnan(lb[r])
+            with pytest.raises(ERRORS, match="logits|values"):  # the same row alone raises
+                one()
+        else:
+            a, b, c = one()
+            assert a.item() == ids[r].item() and torch.equal(b[0], lt[r]) and torch.equal(c[0], lb[r])
 
 
 @settings(max_examples=60, deadline=None)

@@ -290,8 +290,7 @@ def test_beta_zero_and_zero_weights_equal_plain_sampling(world):
     gen = MavisGenerator(world["base"], ValueEnsemble([world["prefix_llama"], world["qhead_gpt2"]]), world["tok"])
     b0 = gen.generate(PROMPTS, weights=[1.0, 2.0, 3.0], beta=0.0, top_k=9, max_new_tokens=10, seed=5)
     w0 = gen.generate(PROMPTS, weights=[0.0, 0.0, 0.0], beta=4.0, top_k=9, max_new_tokens=10, seed=5)
-    nw = gen.generate(PROMPTS, weights=None, top_k=9, max_new_tokens=10, seed=5)
-    for o in (b0, w0, nw):
+    for o in (b0, w0):
         assert torch.equal(o.sequences, plain.sequences)
         torch.testing.assert_close(o.logp, plain.logp)
     # and a tilt that is not zero changes the samples
@@ -399,8 +398,12 @@ def test_bad_inputs_name_the_argument(world):
     with pytest.raises(ValueError, match="temperature"):
         gen.generate(PROMPTS, temperature=0.0)
     with pytest.raises(ValueError, match="max_new_tokens_per_row"):
-        gen.generate(PROMPTS, max_new_tokens_per_row=[1, 2])
-    # no value models: weights are ignored (plain sampling), as the interface spec says
+        gen.generate(PROMPTS, weights=[1.0, 1.0], max_new_tokens_per_row=[1, 2])
+    # with value models the weights are required: no silent unguided or uniform default
+    for beta in (2.0, 0.0):
+        with pytest.raises(ValueError, match=r"weights: required with value models.*\['help', 'harm'\]"):
+            gen.generate(PROMPTS, beta=beta, max_new_tokens=2)
+    # no value models: weights are ignored (plain sampling), so rollout code may pass them unconditionally
     plain = MavisGenerator(world["base"], None, tok)
     assert torch.equal(plain.generate(PROMPTS, weights=[1.0], max_new_tokens=3).sequences,
                        plain.generate(PROMPTS, max_new_tokens=3).sequences)

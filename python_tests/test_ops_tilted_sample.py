@@ -200,3 +200,23 @@ def test_cpu_cuda_token_agreement(top_k, top_p, topk_on):
     g_cpu = mavis_ext.guided_sample(logits, h, W, None, w, beta=1.0, top_k=40, seed=78)
     g_gpu = mavis_ext.guided_sample(logits.cuda(), h.cuda(), W.cuda(), None, w.cuda(), beta=1.0, top_k=40, seed=78)
     assert_tokens_match(g_gpu, g_cpu, 0.001)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_huge_scores_match_reference(device, top_p):
+    """Scores so large that a float step exceeds the noise (|t| ~ 1e8-1e11): the Gumbel-max still
+    compares t + noise in float64 with the lower-column tie rule, as the reference does."""
+    B = 512
+    base = torch.tensor([[134217728.0, 134217744.0, 134217728.0, 1.0e8]])  # 2^27, 2^27 + 1 float step
+    logits = base.expand(B, 4).contiguous()
+    logits[B // 2:] = base[:, [0, 2, 0, 3]]  # exact ties between two columns
+    seeds = torch.arange(B) + 1151
+    for T in (1.0, 1e-3):
+        got = mavis_ext.tilted_sample(logits.to(device), temperature=T, top_p=top_p, seed=seeds.to(device),
+                                      return_logprobs=True)
+        want = _ref_sample(logits, None, None, 1.0, T, 0, top_p, False, None, seeds)
+        assert torch.equal(got[0].cpu(), want[0])
+    # a wide row of huge scores, full vocabulary, one shared seed
+    wide = randn((8, 5000), seed=111, scale=1e7, device=device)
+    got = mavis_ext.tilted_sample(wide, seed=5, temperature=1e-3)
+    assert torch.equal(got.cpu(), _ref_sample(wide, None, None, 1.0, 1e-3, 0, 1.0, False, None, 5)[0])

@@ -59,8 +59,11 @@ def test_callable_and_spec_strings(tmp_path, monkeypatch):
         load_reward(str(tmp_path / "missing.py") + ":f", "m")
     with pytest.raises(ValueError, match="must be 'hf:"):
         load_reward("justaname", "m")
-    with pytest.raises(ValueError, match="reward 'help': cannot load Hugging Face"):
+    with pytest.raises(FileNotFoundError, match="reward 'help': no such directory: .*no_model_here"):
         load_reward("hf:" + str(tmp_path / "no_model_here"), "help")
+    (tmp_path / "not_a_model").mkdir()
+    with pytest.raises(ValueError, match="reward 'help': cannot load Hugging Face sequence classifier .*not_a_model"):
+        load_reward("hf:" + str(tmp_path / "not_a_model"), "help")
     with pytest.raises(TypeError):
         load_reward(3, "x")
     rs = load_rewards({"a": _len_reward, "b": f"{f}:score"})
@@ -119,3 +122,51 @@ def test_hf_sequence_classifier_reward(classifier_dir):
         HFSequenceClassifierReward(path, logit_index=5, name="x")
     with pytest.raises(ValueError, match="template"):
         HFSequenceClassifierReward(path, template="{foo}", name="x")
+
+
+# ----------------------------------------------------------------------------- untrained heads
+@pytest.fixture(scope="module")
+def causal_lm_dir(tmp_path_factory):
+    from mavis_ext.tiny import save_local, tiny_llama
+
+    tok = word_tokenizer(default_words(10))
+    return save_local(tiny_llama(len(tok), hidden_size=16, tokenizer=tok), tok, str(tmp_path_factory.mktemp("lm")))
+
+
+def test_reward_model_with_untrained_head_is_refused_unless_allowed(causal_lm_dir):
+    """A causal-LM checkpoint has no score head: HF initialises it at random with only a warning."""
+    with pytest.raises(ValueError) as e:
+        load_reward(f"hf:{causal_lm_dir}", "help")
+    msg = str(e.value)
+    assert "\n" not in msg and "reward 'help'" in msg and "score.weight" in msg
+    assert "--allow-untrained-reward-head" in msg and "allow_untrained_head=True" in msg
+    a = load_reward(f"hf:{causal_lm_dir}", "help", allow_untrained_head=True)
+    b = HFSequenceClassifierReward(causal_lm_dir, name="help", allow_untrained_head=True)
+    assert a.untrained == ["score.weight"]
+    # opted in: the random head is seeded, so runs and resumes score identically
+    out = a(["w1", "w2 w3"], ["w4", "w5 w6"])
+    assert torch.equal(out, b(["w1", "w2 w3"], ["w4", "w5 w6"]))
+    assert a.describe() == b.describe() and a.describe()["untrained"] == ["score.weight"]
+
+
+def test_trained_classifier_is_accepted_without_opt_in(classifier_dir):
+    path, _, _ = classifier_dir
+    assert load_reward(f"hf:{path}", "h").untrained == []
+
+
+# ----------------------------------------------------------------------------- describe(): the resume fingerprint
+def test_describe_identifies_what_a_reward_computes(tmp_path, classifier_dir, causal_lm_dir):
+    f = tmp_path / "rw.py"
+    f.write_text("import torch\ndef score(p, r):\n    return torch.tensor([1.0] * len(r))\n")
+    d1 = load_reward(f"{f}:score", "a").describe()
+    assert load_reward(f"{f}:score", "a").describe() == d1          # stable
+    f.write_text("import torch\ndef helper():\n    return 2.0\ndef score(p, r):\n    return torch.tensor([1.0] * len(r))\n")
+    d2 = load_reward(f"{f}:score", "a").describe()
+    assert d2["function"] == d1["function"] and d2["file_sha256"] != d1["file_sha256"]   # the whole file counts
+    assert load_reward(_len_reward, "x").describe() != load_reward(lambda p, r: [0.0] * len(r), "x").describe()
+    path, _, _ = classifier_dir
+    h0, h2 = load_reward(f"hf:{path}:0", "h").describe(), load_reward(f"hf:{path}:2", "h").describe()
+    assert h0 != h2 and h0["weights"] == h2["weights"]
+    assert load_reward(f"hf:{path}", "h", template="{response}").describe()["template"] == "{response}"
+    other = load_reward(f"hf:{causal_lm_dir}", "h", allow_untrained_head=True).describe()
+    assert other["weights"] != h0["weights"]

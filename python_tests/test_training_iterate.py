@@ -99,8 +99,11 @@ def test_rerun_is_a_no_op_and_config_changes_are_refused(lm, run):
     with pytest.raises(ValueError, match=r"different settings.*config.zeta: 0.2 -> 0.5"):
         train_value_models(model, tok, PROMPTS, {"a": count_w3, "b": count_w5}, _cfg(cfg.out_dir, zeta=0.5),
                            progress=False)
-    with pytest.raises(ValueError, match="prompts_sha256"):
+    with pytest.raises(ValueError, match=r"prompts\.sha256"):
         train_value_models(model, tok, PROMPTS[:-1], {"a": count_w3, "b": count_w5}, cfg, progress=False)
+    # the reward functions are part of what is compared: swapping them is refused, naming them
+    with pytest.raises(ValueError, match=r"rewards\.a\.function: .*count_w3.* -> .*count_w5"):
+        train_value_models(model, tok, PROMPTS, {"a": count_w5, "b": count_w5}, cfg, progress=False)
 
 
 def test_separate_trunks_and_mixed_rollouts(lm, tmp_path):

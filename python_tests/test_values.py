@@ -168,3 +168,153 @@ def test_lora_adapters(setup, tmp_path):
     back.save_pretrained(str(tmp_path / "again"))
     torch.testing.assert_close(ValueModel.from_pretrained(str(tmp_path / "again")).token_values(ids, mask), want,
                                rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- no LM head
+@pytest.mark.parametrize("trunk", ["llama", "gpt2"])
+@pytest.mark.parametrize("mode", ["prefix", "qhead"])
+def test_every_trainable_parameter_gets_a_gradient(setup, trunk, mode, tmp_path):
+    """A value model has no parameter the loss cannot reach (a causal LM's LM head was one): with
+    one, N-process training (gradients all-reduced) and one process would update it differently."""
+    vm = _rand_heads(ValueModel.from_trunk(setup[trunk], ["a", "b"], mode), 7)
+    names = [n for n, _ in vm.named_parameters()]
+    assert not any("lm_head" in n for n in names)
+    ids, mask = _batch(setup["tok"])
+    ((vm.token_values(ids, mask) * mask[:, None, :]) ** 2).sum().backward()
+    missing = [n for n, p in vm.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    # and the saved trunk holds no LM head either
+    vm.save_pretrained(str(tmp_path / "vm"))
+    from safetensors.torch import load_file
+    saved = load_file(str(tmp_path / "vm" / "trunk" / "model.safetensors"))
+    assert saved and not any("lm_head" in k for k in saved)
+
+
+def test_trunk_object_keeps_its_weights_without_the_head(setup):
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(setup["llama"])
+    vm = ValueModel.from_trunk(lm, ["a"], "prefix")
+    assert vm.trunk is lm.model                      # the decoder stack itself, not a copy
+    ids, mask = _batch(setup["tok"])
+    want = lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(vm.backbone_forward(ids, attention_mask=mask,
+                                                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0)),
+                               lm.model(input_ids=ids, attention_mask=mask,
+                                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state)
+    assert want.shape[-1] == vm.hidden_size
+
+
+def test_format_1_checkpoints_still_load(setup, tmp_path):
+    """Older releases saved the whole causal LM as trunk and no file manifest."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(setup["gpt2"])
+    path = tmp_path / "old"
+    lm.save_pretrained(str(path / "trunk"))
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(2, 16, generator=g), torch.randn(2, generator=g)
+    save_file({"head_weight": w, "head_bias": b}, str(path / "heads.safetensors"))
+    json.dump({"format_version": 1, "kind": "ValueModel", "mode": "prefix", "objectives": ["a", "b"],
+               "hidden_size": 16, "vocab_size": setup["V"], "trunk_dir": "trunk", "tokenizer": None,
+               "tokenizer_saved": False}, open(path / "mavis_value_config.json", "w"))
+    vm = load_value_models(str(path))
+    assert not any("lm_head" in n for n, _ in vm.named_parameters())
+    ids, mask = _batch(setup["tok"], "right")
+    want = torch.einsum("btd,md->bmt", lm.transformer(input_ids=ids, attention_mask=mask).last_hidden_state, w)
+    want = want + b.view(1, -1, 1)
+    got = vm.token_values(ids, mask)
+    for r in range(ids.shape[0]):
+        n = int(mask[r].sum())
+        torch.testing.assert_close(got[r, :, :n], want[r, :, :n], rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- damaged / missing folders
+def _saved(setup, tmp_path, name="vm"):
+    vm = _rand_heads(ValueModel.from_trunk(setup["llama"], ["a", "b"], "prefix"), 8)
+    vm.save_pretrained(str(tmp_path / name))
+    return tmp_path / name
+
+
+def _one_line_naming(exc, path):
+    msg = str(exc.value)
+    assert "\n" not in msg, msg
+    assert str(path) in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("damage", ["heads_truncated", "heads_flipped", "trunk_truncated", "trunk_flipped",
+                                    "trunk_config_missing", "config_garbage", "config_empty"])
+def test_damaged_value_model_names_the_file(setup, tmp_path, damage):
+    path = _saved(setup, tmp_path)
+    target = {"heads_truncated": path / "heads.safetensors", "heads_flipped": path / "heads.safetensors",
+              "trunk_truncated": path / "trunk" / "model.safetensors",
+              "trunk_flipped": path / "trunk" / "model.safetensors",
+              "trunk_config_missing": path / "trunk" / "config.json",
+              "config_garbage": path / "mavis_value_config.json",
+              "config_empty": path / "mavis_value_config.json"}[damage]
+    data = bytearray(open(target, "rb").read())
+    if damage.endswith("truncated"):
+        open(target, "wb").write(bytes(data[: len(data) // 2]))
+    elif damage.endswith("flipped"):
+        data[len(data) - 5] ^= 0x01
+        open(target, "wb").write(bytes(data))
+    elif damage == "trunk_config_missing":
+        os.unlink(target)
+    elif damage == "config_garbage":
+        open(target, "w").write('{"mode": "prefix", "objecti')
+    else:
+        open(target, "w").close()
+    from mavis_ext.values import CorruptFileError, verify_saved
+
+    for load in (lambda: load_value_models(str(path)), lambda: ValueModel.from_pretrained(str(path)),
+                 lambda: verify_saved(str(path))):
+        with pytest.raises(CorruptFileError) as e:
+            load()
+        msg = _one_line_naming(e, target)
+        assert isinstance(e.value, ValueError) and e.value.path == str(target)
+        assert "restore the folder from a copy" in msg
+
+
+def test_damaged_ensemble_file_names_it(setup, tmp_path):
+    a = _rand_heads(ValueModel.from_trunk(setup["llama"], ["help"], "prefix"), 5)
+    b = _rand_heads(ValueModel.from_trunk(setup["gpt2"], ["harm"], "qhead"), 6)
+    ValueEnsemble([a, b]).save_pretrained(str(tmp_path / "ens"))
+    target = tmp_path / "ens" / "mavis_ensemble.json"
+    open(target, "w").write("[1, 2")
+    from mavis_ext.values import CorruptFileError
+
+    with pytest.raises(CorruptFileError) as e:
+        load_value_models(str(tmp_path / "ens"))
+    _one_line_naming(e, target)
+    # a damaged member is named too, inside the ensemble folder
+    ValueEnsemble([a, b]).save_pretrained(str(tmp_path / "ens2"))
+    heads = tmp_path / "ens2" / "member_1" / "heads.safetensors"
+    open(heads, "wb").write(open(heads, "rb").read()[:40])
+    with pytest.raises(CorruptFileError) as e:
+        load_value_models(str(tmp_path / "ens2"))
+    _one_line_naming(e, heads)
+
+
+def test_missing_value_model_path_says_no_such_directory(tmp_path):
+    for p in (str(tmp_path / "nope"), "./surely_not_here/vm"):
+        with pytest.raises(FileNotFoundError, match=r"no such directory: .*(nope|surely_not_here)"):
+            load_value_models(p)
+        with pytest.raises(FileNotFoundError, match="no such directory"):
+            ValueModel.from_pretrained(p)
+    with pytest.raises(FileNotFoundError, match=r"--value-model\[1\]: no such directory"):
+        load_value_models([str(tmp_path), str(tmp_path / "gone")], arg_name="--value-model")
+    with pytest.raises(FileNotFoundError, match=r"--value-model\[0\]: .* is not a saved value model"):
+        load_value_models([str(tmp_path)], arg_name="--value-model")
+
+
+def test_save_is_byte_deterministic(setup, tmp_path):
+    vm = _rand_heads(ValueModel.from_trunk(setup["gpt2"], ["a", "b"], "qhead"), 9)
+    vm.save_pretrained(str(tmp_path / "one"))
+    vm.save_pretrained(str(tmp_path / "two"))
+    files = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "one")
+                   for d, _, fs in os.walk(tmp_path / "one") for f in fs)
+    assert "heads.safetensors" in files and "trunk/model.safetensors" in files
+    for f in files:
+        assert open(tmp_path / "one" / f, "rb").read() == open(tmp_path / "two" / f, "rb").read(), f

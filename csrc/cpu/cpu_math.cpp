@@ -1,15 +1,6 @@
 // Out-of-line hot reductions of cpu_math.h, so that they can be cloned per ISA in one place.
 #include "cpu_math.h"
 
-// On x86-64 Linux with GCC, compile an AVX2 clone next to the baseline and let the loader pick
-// (ifunc): safe on CPUs without AVX2. "avx2" does not enable FMA, so no multiply-add contraction
-// can change results between the clones.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define MAVIS_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define MAVIS_CLONES
-#endif
-
 namespace mavis {
 namespace cpu {
 

@@ -17,6 +17,15 @@
 #include <limits>
 
 
+// On x86-64 Linux with GCC, hot loops (cpu_math.cpp, philox_block.cpp) get an AVX2 clone next to
+// the baseline and the loader picks (ifunc): safe on CPUs without AVX2. "avx2" does not enable FMA,
+// so no multiply-add contraction can change results between the clones.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define MAVIS_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define MAVIS_CLONES
+#endif
+
 namespace mavis {
 namespace cpu {
 

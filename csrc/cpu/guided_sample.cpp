@@ -5,7 +5,8 @@
 //   3. sample among the K candidates exactly as
 //      tilted_sample(cand_logits, combined, ones, top_k=0, top_p) does in reference.guided_sample:
 //      the noise column and the tie-break are the candidate's position 0..K-1.
-// Only K rows of each [V, d] head are read; no vocabulary-sized temporary.
+// Only K rows of each [V, d] head are read; no vocabulary-sized temporary. Bad data in a row is
+// raised after the loop or marked (mark_invalid): see row_errors.h.
 #include <ATen/Parallel.h>
 
 #include <vector>
@@ -13,6 +14,7 @@
 #include "cpu_math.h"
 #include "kernels.h"
 #include "op_checks.h"
+#include "row_errors.h"
 #include "row_scan.h"
 #include "sampling.h"
 #include "topk_buffer.h"
@@ -28,7 +30,8 @@ namespace cpu {
 
 Sample3 guided_sample(const at::Tensor& logits, const at::Tensor& hidden_in, const at::Tensor& head_weight_in,
                       const OptTensor& head_bias, const at::Tensor& weights, double beta, int64_t top_k,
-                      double temperature, double top_p, const at::Tensor& seed, const at::Tensor& offset) {
+                      double temperature, double top_p, const at::Tensor& seed, const at::Tensor& offset,
+                      bool mark_invalid) {
   check_logits(logits);
   check_temperature(temperature);
   check_top_p(top_p);
@@ -77,6 +80,8 @@ Sample3 guided_sample(const at::Tensor& logits, const at::Tensor& hidden_in, con
   float* lb_p = logp_b.data_ptr<float>();
   const float temp = static_cast<float>(temperature), beta_f = static_cast<float>(beta);
 
+  RowErrors errors(B);
+
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> s(kBlock), h(static_cast<size_t>(d));
     TopKBuffer topk;
@@ -85,14 +90,24 @@ Sample3 guided_sample(const at::Tensor& logits, const at::Tensor& hidden_in, con
       const LogitsRow row(logits, b, temp);
       BlockLse lse_s;
       topk.reset(top_k);
+      RowError err = kRowOk;
       for (int64_t c0 = 0; c0 < V; c0 += kBlock) {
         const int64_t n = std::min(kBlock, V - c0);
         float smax;
-        const float* sb = row.load(c0, n, s.data(), &smax);
+        bool bad_logit = false;
+        const float* sb = row.load(c0, n, s.data(), &smax, &bad_logit);
+        if (bad_logit) {
+          err = kRowLogitsNotFinite;
+          break;
+        }
         lse_s.push(sb, n, smax);
         topk.push_block(sb, n, c0, smax);
       }
-      TORCH_CHECK(lse_s.max > -kInf, "logits: a row has no finite entry (all -inf)");
+      if (err == kRowOk && !(lse_s.max > -kInf)) err = kRowNoFiniteLogit;
+      if (err != kRowOk) {
+        errors.set(b, err);
+        continue;
+      }
       const std::vector<KeyCol>& top = topk.finish();  // position p = rank among the candidates
 
       load_block(hidden.data_ptr(), hidden.scalar_type(), b * hidden.stride(0), 1, d, h.data());
@@ -122,11 +137,17 @@ Sample3 guided_sample(const at::Tensor& logits, const at::Tensor& hidden_in, con
           comb = (i == 0) ? wr[0] * v : comb + wr[i] * v;
         }
         const float tv = tilt(sc, beta_f, comb);
-        TORCH_CHECK(tv > -kInf && tv < kInf,
-                    "values: tilted scores are not finite (NaN or inf in hidden, head_weight or head_bias)");
+        if (!(tv > -kInf && tv < kInf)) {
+          err = kRowValuesNotFinite;
+          break;
+        }
         cands.push_back(KeyCol{tv, p});
       }
-      TORCH_CHECK(!cands.empty(), "logits: no finite candidate left in a row after top_k");
+      if (err == kRowOk && cands.empty()) err = kRowNoCandidate;
+      if (err != kRowOk) {
+        errors.set(b, err);
+        continue;
+      }
       const Pick pk = sample_candidates(cands, top_p, seeds.key(b));
       const int64_t pos = cands[pk.index].col;
       ids_p[b] = top[pos].col;
@@ -134,6 +155,7 @@ Sample3 guided_sample(const at::Tensor& logits, const at::Tensor& hidden_in, con
       lb_p[b] = top[pos].key - lse_s.value();
     }
   });
+  errors.finish_sample(mark_invalid, "NaN or inf in hidden, head_weight or head_bias", ids, logp_t, logp_b);
   return {ids, logp_t, logp_b};
 }
 

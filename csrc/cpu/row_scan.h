@@ -29,8 +29,9 @@ struct LogitsRow {
 
   // The block logits[b, c0 : c0+n] / temperature, as a pointer to fp32: straight into the tensor
   // when it is fp32, contiguous and temperature == 1, else converted into `scratch`. *bmax gets the
-  // block maximum. NaN and +inf are errors (they make the sampled distribution undefined).
-  const float* load(int64_t c0, int64_t n, float* scratch, float* bmax) const {
+  // block maximum; *bad is set when the block has a NaN or +inf (they make the sampled distribution
+  // undefined: the caller records the row as bad).
+  const float* load(int64_t c0, int64_t n, float* scratch, float* bmax, bool* bad) const {
     const float* s = scratch;
     if (st == at::kFloat && stride == 1 && temperature == 1.0f) {
       s = static_cast<const float*>(data) + start + c0;
@@ -38,9 +39,7 @@ struct LogitsRow {
       load_block(data, st, start + c0 * stride, stride, n, scratch);
       if (temperature != 1.0f) divide_block(scratch, n, temperature);
     }
-    bool bad = false;
-    *bmax = block_max(s, n, &bad);
-    TORCH_CHECK(!bad, "logits: contains NaN or +inf (after division by temperature)");
+    *bmax = block_max(s, n, bad);
     return s;
   }
 
@@ -84,20 +83,18 @@ struct ValuesRow {
     }
   }
 
-  // t[0:n] = s + beta * comb, -inf where the base is -inf (a banned column stays banned). A
-  // non-finite score where the base is finite is an error naming `values`.
-  void tilt_block(int64_t c0, int64_t n, const float* s, float* t, float* tmp) const {
+  // t[0:n] = s + beta * comb, -inf where the base is -inf (a banned column stays banned). Returns
+  // true when a column with a finite base gets a non-finite score (a bad row: NaN or inf in values).
+  bool tilt_block(int64_t c0, int64_t n, const float* s, float* t, float* tmp) const {
     combine(c0, n, t, tmp);
-    TORCH_CHECK(!tilt_masked(s, t, n, beta), "values: tilted scores are not finite (NaN or inf in values)");
+    return tilt_masked(s, t, n, beta);
   }
 
-  // The tilted score of one column whose scaled logit s is finite.
+  // The tilted score of one column whose scaled logit s is finite (the caller checks it is finite).
   float tilt_one(int64_t col, float s) const {
     float comb = w[0] * load_one(data, st, start + col * s_col);
     for (int64_t i = 1; i < m; ++i) comb = comb + w[i] * load_one(data, st, start + i * s_obj + col * s_col);
-    const float x = tilt(s, beta, comb);
-    TORCH_CHECK(x > -kInf && x < kInf, "values: tilted scores are not finite (NaN or inf in values)");
-    return x;
+    return tilt(s, beta, comb);
   }
 };
 

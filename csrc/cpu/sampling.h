@@ -1,5 +1,6 @@
 // Sampling helpers shared by tilted_sample and guided_sample: the noise key of a row, the nucleus
-// (top_p) prefix of a ranked candidate list, and the Gumbel-max pick with the contract's rules.
+// (top_p) prefix of a ranked candidate list, and the Gumbel-max pick with the contract's rules
+// (scores t + noise compared in double, ties to the lower column; see csrc/include/mavis/philox.h).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -14,13 +15,57 @@
 namespace mavis {
 namespace cpu {
 
+// The Gumbel-max score t + noise of a column with finite t, from its 52-bit Philox draw k, or -inf
+// when its noise provably cannot lift it to `best` (gumbel_bound_from_bits52): then it can neither
+// beat nor tie the best score, and its two logs are skipped. Scores are compared in double.
+inline double gumbel_score(float t, uint64_t k, double best) {
+  const double td = static_cast<double>(t);
+  if (td + gumbel_bound_from_bits52(k) < best) return -INFINITY;
+  return td + gumbel_from_uniform(uniform_from_bits52(k));
+}
+
 // (seed, offset, row counter) of one row. One seed/offset for the batch: the row index is part of
 // the counter. One per row: the counter row is 0, so a row draws the same noise in any batch.
 struct NoiseKey {
   uint64_t seed;
   uint64_t offset;
   uint32_t row;
-  float gumbel(int64_t col) const { return gumbel_noise(seed, offset, row, static_cast<uint32_t>(col)); }
+  uint64_t bits(int64_t col) const { return philox_bits52(seed, offset, row, static_cast<uint32_t>(col)); }
+};
+
+// For the columns cols[i] (scores ts[i], i < n) of one row: k[i] = their 52-bit Philox draws, and
+// may_reach[i] = 0 when the noise of k[i] provably cannot lift ts[i] to any best score >= best_lo
+// (a log-free screen), in one loop the compiler vectorises. In philox_block.cpp.
+void gumbel_draws_block(const NoiseKey& nk, const uint32_t* cols, const float* ts, int64_t n, float best_lo,
+                        uint64_t* k, int32_t* may_reach);
+
+// The largest float <= x (x finite).
+inline float float_at_most(double x) {
+  const float f = static_cast<float>(x);
+  return static_cast<double>(f) <= x ? f : std::nextafter(f, -kInf);
+}
+
+// Running Gumbel-max: argmax of t + noise(col) over the columns offered, ties to the lower column.
+// The result does not depend on the order columns are offered in, nor on which are skipped by
+// `reachable` (a skipped column's score is strictly below the best, so it cannot win or tie).
+struct GumbelMax {
+  double best = -INFINITY;
+  int64_t col = -1;  // winning column (-1: none yet)
+  int64_t tag = -1;  // the caller's handle of the winner (e.g. its index in a candidate list)
+  float t = -kInf;   // the winner's score
+
+  // False when a column with score t cannot reach the best whatever its noise (noise <= kGumbelMax).
+  bool reachable(float ts) const { return !(static_cast<double>(ts) + kGumbelMax < best); }
+
+  void offer(float ts, int64_t c, uint64_t k, int64_t tg) {
+    const double s = gumbel_score(ts, k, best);
+    if (col < 0 || s > best || (s == best && c < col)) {
+      best = s;
+      col = c;
+      tag = tg;
+      t = ts;
+    }
+  }
 };
 
 class SeedView {
@@ -75,17 +120,12 @@ struct Pick {
 // Gumbel-max over c[0:r] (ranked, finite keys): argmax of key + noise(col), ties to the lower
 // column. Since noise <= kGumbelMax, the scan stops once key + kGumbelMax falls below the best.
 inline Pick gumbel_pick(const KeyCol* c, int64_t r, const NoiseKey& nk, double lse_kept) {
-  float best = -kInf;
-  int64_t best_j = -1;
+  GumbelMax g;
   for (int64_t j = 0; j < r; ++j) {
-    if (c[j].key + kGumbelMax < best) break;
-    const float s = c[j].key + nk.gumbel(c[j].col);
-    if (best_j < 0 || s > best || (s == best && c[j].col < c[best_j].col)) {
-      best = s;
-      best_j = j;
-    }
+    if (!g.reachable(c[j].key)) break;
+    g.offer(c[j].key, c[j].col, nk.bits(c[j].col), j);
   }
-  return Pick{best_j, static_cast<float>(static_cast<double>(c[best_j].key) - lse_kept)};
+  return Pick{g.tag, static_cast<float>(static_cast<double>(c[g.tag].key) - lse_kept)};
 }
 
 // The sampling step of a short keep set (top_k candidates): c holds (tilted score, column) of every

@@ -42,12 +42,13 @@ __global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
   __shared__ ScanSmem<MODE, NG> sm;
 
   const int tid = threadIdx.x;
-  const int64_t row = blockIdx.y;
+  const int64_t lr = blockIdx.y;      // row inside this launch (workspace index)
+  const int64_t row = a.row0 + lr;    // row of the batch (inputs, noise)
   const int chunk = blockIdx.x;
   const int64_t N = a.N;
   const int64_t c0 = static_cast<int64_t>(chunk) * CHUNK;
   const int64_t c1 = c0 + CHUNK < N ? c0 + CHUNK : N;
-  const int64_t lrow = row * N;  // element offset of the row
+  const int64_t lrow = row * a.ld_logits;  // element offset of the row
 
   float base[ITEMS];
   float tilt[kTilt ? ITEMS : 1];
@@ -80,7 +81,7 @@ __global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
         const float* w = a.weights + (a.w_per_row ? row * a.m : 0);
         for (int i = 0; i < a.m; ++i) {
           float v[8];
-          load8_rt(a.values, a.values_code, (row * a.m + i) * N + col0, a.vec_values, nv, v);
+          load8_rt(a.values, a.values_code, row * a.vs_b + i * a.vs_m + col0, a.vec_values, nv, v);
           const float wi = w[i];
 #pragma unroll
           for (int e = 0; e < 8; ++e) acc[e] = combine_step_rn(acc[e], wi, v[e]);
@@ -126,6 +127,7 @@ __global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
   rec.best_col = -1;
   rec.flags = flags;
   rec.count = 0;
+  rec.ninf = 0;
 
   if constexpr (MODE == kFullGumbel) {
     // keep = isfinite(t); Gumbel-max over the kept columns and logsumexp of t over them
@@ -135,9 +137,12 @@ __global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
       if (is_finite_f(tilt[j])) tm = fmaxf(tm, tilt[j]);
     float ts = 0.0f;
     ArgBest best{-INFINITY, -1, 0.0f};
-    // Noise of the thread's best column first; afterwards a column whose score plus the largest
-    // possible noise (mavis::kGumbelMax) cannot beat the current winner strictly skips the Philox
-    // rounds (noise < kGumbelMax strictly, so it cannot tie either).
+    // Noise of the thread's best column first; afterwards a column that cannot win against the
+    // current winner skips work: cannot_win (t + kGumbelMax < best) skips the Philox rounds, and
+    // t + gumbel_bound_from_bits52(bits) < best the two double logs (the bound is ~0.7 for most
+    // draws, so on a long row nearly every column stops there). Both are strict upper bounds of
+    // the score, so the winner is the same as without skipping: argmax of (double)t + noise, ties
+    // to the lower column, as on the CPU.
     int jm = -1;
 #pragma unroll
     for (int j = 0; j < ITEMS; ++j)
@@ -146,17 +151,21 @@ __global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
     for (int j = 0; j < ITEMS; ++j) {
       if (j == jm) {
         const int64_t col = c0 + static_cast<int64_t>((j / 8) * kNT + tid) * 8 + (j % 8);
-        best = ArgBest{tilt[j] + gumbel_at(a.noise, row, col), col, tilt[j]};
+        best = ArgBest{static_cast<double>(tilt[j]) + gumbel_at(a.noise, row, col), col, tilt[j]};
       }
     }
 #pragma unroll
     for (int j = 0; j < ITEMS; ++j) {
       if (is_finite_f(tilt[j])) {
         ts += expf(tilt[j] - tm);
-        if (j != jm && tilt[j] + mavis::kGumbelMax > best.score) {
+        if (j != jm && !cannot_win(tilt[j], best.score)) {
           const int64_t col = c0 + static_cast<int64_t>((j / 8) * kNT + tid) * 8 + (j % 8);
-          const ArgBest cand{tilt[j] + gumbel_at(a.noise, row, col), col, tilt[j]};
-          best = arg_merge(best, cand);
+          const uint64_t bits = noise_bits_at(a.noise, row, col);
+          const double td = static_cast<double>(tilt[j]);
+          if (!(td + mavis::gumbel_bound_from_bits52(bits) < best.score)) {
+            const ArgBest cand{td + mavis::gumbel_from_uniform(mavis::uniform_from_bits52(bits)), col, tilt[j]};
+            best = arg_merge(best, cand);
+          }
         }
       }
     }
@@ -215,20 +224,49 @@ __global__ void __launch_bounds__(kNT) chunk_scan_kernel(const ScanConfig a) {
           return true;
         },
         sm.sel);
-    const int64_t slot = (row * a.n_chunks + chunk) * static_cast<int64_t>(k);
+    // Fewer than k finite entries (cnt is block-uniform): the merge fills a short row with the
+    // lowest -inf columns (the reference's stable sort puts them next, in column order). Record
+    // the chunk's first k - cnt of them in the free slots, so the merge never rescans the row.
+    // Columns run in (granule, thread, element) order; sm.surv_id is free again and holds them.
+    int nstore = 0;
+    if (a.want_ninf && cnt < k) {
+      const int room = k - cnt;
+      int done = 0;  // -inf columns of the earlier granules (block-uniform)
+#pragma unroll
+      for (int g = 0; g < NG; ++g) {
+        const int64_t col0 = c0 + static_cast<int64_t>(g * kNT + tid) * 8;
+        int mine = 0;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) mine += (col0 + e < c1 && base[g * 8 + e] == -INFINITY) ? 1 : 0;
+        int total;
+        int pos = done + block_exclusive_scan<kNT>(mine, sm.or_s, &total);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          if (col0 + e < c1 && base[g * 8 + e] == -INFINITY) {
+            if (pos < room) sm.surv_id[pos] = static_cast<int32_t>(col0 + e);
+            ++pos;
+          }
+        }
+        done += total;
+      }
+      nstore = done < room ? done : room;
+      __syncthreads();
+    }
+    const int64_t slot = (lr * a.n_chunks + chunk) * static_cast<int64_t>(k);
     for (int i = tid; i < k; i += kNT) {  // key 0 marks the unused slots for the merge
       a.cand_key[slot + i] = i < cnt ? sm.sel.sel_key[i] : 0u;
-      a.cand_id[slot + i] = i < cnt ? sm.sel.sel_id[i] : 0;
+      a.cand_id[slot + i] = i < cnt ? sm.sel.sel_id[i] : (i - cnt < nstore ? sm.surv_id[i - cnt] : 0);
     }
     rec.count = cnt;
+    rec.ninf = nstore;
   }
 
-  if (tid == 0) a.recs[row * a.n_chunks + chunk] = rec;
+  if (tid == 0) a.recs[lr * a.n_chunks + chunk] = rec;
 }
 
 template <int LCODE, int MODE, int NG>
 void launch_typed(const ScanConfig& cfg, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(cfg.n_chunks), static_cast<unsigned>(cfg.B));
+  const dim3 grid(static_cast<unsigned>(cfg.n_chunks), static_cast<unsigned>(cfg.rows));
   chunk_scan_kernel<LCODE, MODE, NG><<<grid, kNT, 0, stream>>>(cfg);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -243,6 +281,8 @@ void launch_base(const ScanConfig& cfg, cudaStream_t stream) {
 
 void launch_chunk_scan(const ScanConfig& cfg, cudaStream_t stream) {
   TORCH_CHECK(cfg.mode == kFullGumbel || (cfg.k >= 1 && cfg.k <= kMaxFastK), "chunk scan: k out of range");
+  TORCH_CHECK(cfg.rows >= 1 && cfg.rows <= 65535 && cfg.row0 >= 0 && cfg.row0 + cfg.rows <= cfg.B,
+              "chunk scan: bad row tile");
   if (cfg.mode == kTopkBase) {
     if (cfg.logits_code == kF32) launch_base<kF32>(cfg, stream);
     else if (cfg.logits_code == kF16) launch_base<kF16>(cfg, stream);
@@ -262,18 +302,16 @@ struct MergeSmem {
   MergeSelectSmem<kNT, kMergeCap> ms;
   mavis::LseAcc lse_s[kNT / 32];
   int or_s[kNT / 32];
-  int warp_cnt[kNT / 32];
-  int filled;
 };
 
 __global__ void __launch_bounds__(kNT)
     topk_merge_kernel(const ScanConfig a, float* cand_logits, int64_t* cand_ids, float* lse, int32_t* n_finite,
                       int32_t* status) {
   __shared__ MergeSmem sm;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t row = blockIdx.x;
+  const int tid = threadIdx.x;
+  const int64_t lr = blockIdx.x, row = a.row0 + lr;
   const int C = a.n_chunks, k = a.k;
-  const ChunkRec* recs = a.recs + row * C;
+  const ChunkRec* recs = a.recs + lr * C;
 
   mavis::LseAcc lb = mavis::lse_init();
   int fl = 0;
@@ -300,7 +338,7 @@ __global__ void __launch_bounds__(kNT)
     }
     return;
   }
-  const int64_t base_slot = row * static_cast<int64_t>(C) * k;
+  const int64_t base_slot = lr * static_cast<int64_t>(C) * k;
   const int cnt = merge_select<kNT, kMergeCap>(a.cand_key + base_slot, a.cand_id + base_slot, C * k, k, sm.ms);
   for (int j = tid; j < cnt; j += kNT) {
     out_l[j] = mavis::ordered_to_float(sm.ms.sel.sel_key[j]);
@@ -308,32 +346,27 @@ __global__ void __launch_bounds__(kNT)
   }
   if (cnt < k) {
     // Fewer than k finite entries: the reference's stable sort puts the -inf columns next, in
-    // column order. Scan the row in order and take the first k - cnt of them.
-    if (tid == 0) sm.filled = cnt;
-    __syncthreads();
-    const int64_t N = a.N;
-    for (int64_t base = 0; base < N; base += kNT) {
-      const int filled = sm.filled;
-      if (filled >= k) break;
-      const int64_t col = base + tid;
-      const bool is_ninf =
-          col < N && scale_logit_rn(load_any(a.logits, a.logits_code, row * N + col), a.temperature) == -INFINITY;
-      const unsigned bal = __ballot_sync(0xffffffffu, is_ninf);
-      if (lane == 0) sm.warp_cnt[warp] = __popc(bal);
-      __syncthreads();
-      int before = 0, total = 0;
-      for (int w = 0; w < kNT / 32; ++w) {
-        before += (w < warp) ? sm.warp_cnt[w] : 0;
-        total += sm.warp_cnt[w];
+    // column order. Every chunk has fewer than k finite entries too, so phase 1 stored its first
+    // min(#-inf, k - count) >= min(#-inf, k - cnt) -inf columns after its candidates: walk the
+    // chunks in order (one thread per chunk, 256 at a time) and place them. A chunk whose list was
+    // cut short already fills every remaining position, so the positions below are exact.
+    int filled = cnt;  // block-uniform
+    for (int cb = 0; cb < C && filled < k; cb += kNT) {
+      const int c = cb + tid;
+      const int n_c = c < C ? recs[c].ninf : 0;
+      int total;
+      const int before = block_exclusive_scan<kNT>(n_c, sm.or_s, &total);
+      if (n_c > 0) {
+        const int count_c = recs[c].count;
+        const int32_t* ids_c = a.cand_id + base_slot + static_cast<int64_t>(c) * k + count_c;
+        for (int i = 0; i < n_c; ++i) {
+          const int pos = filled + before + i;
+          if (pos >= k) break;
+          out_l[pos] = -INFINITY;
+          out_i[pos] = ids_c[i];
+        }
       }
-      const int pos = filled + before + __popc(bal & ((1u << lane) - 1u));
-      if (is_ninf && pos < k) {
-        out_l[pos] = -INFINITY;
-        out_i[pos] = col;
-      }
-      __syncthreads();
-      if (tid == 0) sm.filled = filled + total;
-      __syncthreads();
+      filled += total;
     }
   }
   if (tid == 0) {
@@ -347,8 +380,9 @@ __global__ void __launch_bounds__(kNT)
 
 void launch_topk_merge(const ScanConfig& cfg, float* cand_logits, int64_t* cand_ids, float* lse, int32_t* n_finite,
                        int32_t* status, cudaStream_t stream) {
-  topk_merge_kernel<<<static_cast<unsigned>(cfg.B), kNT, 0, stream>>>(cfg, cand_logits, cand_ids, lse, n_finite,
-                                                                       status);
+  TORCH_CHECK(cfg.mode == kTopkBase && cfg.want_ninf, "topk merge: phase 1 must run in kTopkBase with want_ninf");
+  topk_merge_kernel<<<static_cast<unsigned>(cfg.rows), kNT, 0, stream>>>(cfg, cand_logits, cand_ids, lse, n_finite,
+                                                                          status);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -5,10 +5,11 @@
 //
 // Error policy (see benchmarks/CUDA_NOTES.md): every kernel that can see bad data writes a status
 // code per row. Rows with an error get token id -1 and NaN log-probs (NaN candidate logits / lse
-// for topk_candidates). After the launches, when the stream is NOT being captured into a CUDA graph
-// (and MAVIS_CUDA_CHECKS is not "0"), the host copies the status words back once (one small D2H
-// copy) and raises RuntimeError (as the CPU kernels do) naming the argument, with the reference's
-// message.
+// for topk_candidates). With mark_invalid=False (the default) and outside CUDA-graph capture the
+// host then copies the status words back once (one small D2H copy into pinned memory and a stream
+// sync) and raises RuntimeError (as the CPU kernels do) naming the argument, with the reference's
+// message. With mark_invalid=True, while capturing, or with MAVIS_CUDA_CHECKS=0 there is no copy
+// and no sync: the caller sees the marked rows.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
@@ -105,20 +106,41 @@ struct NoiseParams {
   bool row_in_counter;  // both have one element: the row index is part of the counter
 };
 
-__device__ __forceinline__ float gumbel_at(const NoiseParams& np, int64_t row, int64_t col) {
+// The 52 Philox bits of (row, col) (mavis/philox.h). `row` is the absolute row of the batch.
+__device__ __forceinline__ uint64_t noise_bits_at(const NoiseParams& np, int64_t row, int64_t col) {
   const uint64_t s = static_cast<uint64_t>(np.seed[np.seed_per_row ? row : 0]);
   const uint64_t o = static_cast<uint64_t>(np.offset[np.offset_per_row ? row : 0]);
   const uint32_t row_ctr = np.row_in_counter ? static_cast<uint32_t>(row) : 0u;
-  return mavis::gumbel_noise(s, o, row_ctr, static_cast<uint32_t>(col));
+  return mavis::philox_bits52(s, o, row_ctr, static_cast<uint32_t>(col));
+}
+
+// Gumbel noise of (row, col) in double.
+__device__ __forceinline__ double gumbel_at(const NoiseParams& np, int64_t row, int64_t col) {
+  return mavis::gumbel_from_uniform(mavis::uniform_from_bits52(noise_bits_at(np, row, col)));
 }
 
 
+// logsumexp of an accumulator, in double (the log-probabilities are rounded to fp32 once, at the end)
+__device__ __forceinline__ double lse_value_d(mavis::LseAcc a) {
+  return static_cast<double>(a.max) + log(static_cast<double>(a.sum));
+}
+
 // --------------------------------------------------------------------------- reductions
-struct ArgBest {  // Gumbel-max winner: larger score first, then the lower column
-  float score;
+// Gumbel-max winner: larger score first, then the lower column. score = (double)t + gumbel, in
+// double as on the CPU (mavis/philox.h): an fp32 score would round away the noise's low bits and
+// tie columns the CPU tells apart.
+struct ArgBest {
+  double score;
   int64_t col;
   float t;  // tilted score at col
 };
+
+// True when a column with tilted score t cannot win against `best`: its noise is < kGumbelMax, and
+// double rounding is monotone, so fl(t + g) <= fl(t + kGumbelMax) < best. Strict `<`: a column
+// that could tie the winner (and win on the lower column) is never skipped.
+__device__ __forceinline__ bool cannot_win(float t, double best) {
+  return static_cast<double>(t) + mavis::kGumbelMax < best;
+}
 
 __device__ __forceinline__ bool arg_better(const ArgBest& a, const ArgBest& b) {
   return a.score > b.score || (a.score == b.score && a.col < b.col);
@@ -153,7 +175,8 @@ __device__ __forceinline__ mavis::LseAcc warp_lse_merge(mavis::LseAcc a) {
   return a;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
@@ -167,17 +190,41 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // Block-wide reductions for NT threads (NT a multiple of 32, at most 1024). `scratch` must hold
 // NT/32 elements; every thread gets the result. Contains __syncthreads(): call from all threads.
-template <int NT>
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+template <int NT, typename T>
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
   v = warp_sum(v);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  float r = 0.0f;
+  T r = 0;
 #pragma unroll
   for (int w = 0; w < NT / 32; ++w) r += scratch[w];
   return r;
+}
+
+// Exclusive prefix sum of one int per thread over the block, in thread order; *total gets the sum.
+// `scratch` holds NT/32 ints. Contains __syncthreads(): call from all threads.
+template <int NT>
+__device__ __forceinline__ int block_exclusive_scan(int v, int* scratch, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  __syncthreads();
+  if (lane == 31) scratch[warp] = incl;
+  __syncthreads();
+  int before = 0, all = 0;
+#pragma unroll
+  for (int w = 0; w < NT / 32; ++w) {
+    before += (w < warp) ? scratch[w] : 0;
+    all += scratch[w];
+  }
+  *total = all;
+  return before + incl - v;
 }
 
 template <int NT>

@@ -17,7 +17,8 @@ struct GuidedTailArgs {
   const float* weights;
   bool w_per_row;
   int m, K;
-  float beta, top_p;
+  float beta;
+  double top_p;  // compared in double, as on the CPU
   NoiseParams noise;
   int64_t* out_ids;
   float* out_lt;

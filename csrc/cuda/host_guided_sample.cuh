@@ -6,20 +6,21 @@
 //      candidate's row of each of the m heads (16-byte loads) and folds bias and weights;
 //   4. guided_tail_kernel: t = cand + beta * comb, nucleus, Gumbel-max with the candidate position
 //      as noise column, logp_base = cand - lse.
-// top_k > 256: the ATen slow path for steps 1-2 and 4.
+// top_k > 256: the ATen slow path (host_slow_paths.cuh).
 #pragma once
 
 #include "guided_tail.cuh"
-#include "host_scan.cuh"
 #include "host_slow_paths.cuh"
+#include "host_topk_candidates.cuh"
 #include "host_value_heads.cuh"
 
 namespace mavis_cuda {
 
-inline Sample3 guided_sample_cuda(const at::Tensor& logits_in, const at::Tensor& hidden_in, const at::Tensor& head_weight_in,
-                           const c10::optional<at::Tensor>& head_bias_in, const at::Tensor& weights_in, double beta,
-                           int64_t top_k, double temperature, double top_p, const at::Tensor& seed_in,
-                           const at::Tensor& offset_in) {
+inline Sample3 guided_sample_cuda(const at::Tensor& logits_in, const at::Tensor& hidden_in,
+                                  const at::Tensor& head_weight_in, const c10::optional<at::Tensor>& head_bias_in,
+                                  const at::Tensor& weights_in, double beta, int64_t top_k, double temperature,
+                                  double top_p, const at::Tensor& seed_in, const at::Tensor& offset_in,
+                                  bool mark_invalid) {
   mavis::check_logits(logits_in);
   check_cuda(logits_in, "logits");
   mavis::check_temperature(temperature);
@@ -50,60 +51,46 @@ inline Sample3 guided_sample_cuda(const at::Tensor& logits_in, const at::Tensor&
 
   const c10::cuda::CUDAGuard guard(logits_in.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const at::Tensor logits = logits_in.contiguous(), hidden = hidden_in.contiguous(), W = head_weight_in.contiguous();
-  const at::Tensor bias = head_bias_in.has_value() ? head_bias_in->contiguous() : at::Tensor();
+  // hidden, head_weight and head_bias are read through their strides (never copied: the head can
+  // be gigabytes); logits need contiguous columns only.
+  const at::Tensor logits = rows_contiguous(logits_in);
+  const at::Tensor bias = head_bias_in.has_value() ? *head_bias_in : at::Tensor();
   const at::Tensor weights = weights_in.contiguous();
   const at::Tensor seed = seed_in.contiguous(), offset = offset_in.contiguous();
   const NoiseParams noise = make_noise(seed, offset, B);
   const float temp_f = static_cast<float>(temperature), beta_f = static_cast<float>(beta);
   auto opts = logits.options().dtype(at::kFloat);
   const char* detail = "NaN or inf in hidden, head_weight or head_bias";
+  at::Tensor ids = at::empty({B}, opts.dtype(at::kLong));
+  at::Tensor logp_t = at::empty({B}, opts);
+  at::Tensor logp_b = at::empty({B}, opts);
   at::Tensor status = at::empty({B}, opts.dtype(at::kInt));
 
   if (top_k > kMaxFastK) {
-    auto cands = topk_candidates_slow(logits, top_k, temp_f, status, stream);
-    at::Tensor comb = at::empty({B, top_k}, opts);
-    launch_qhead(hidden, W, bias, std::get<1>(cands), weights, comb, nullptr, stream);
-    Sample3 res = guided_tail_slow(std::get<0>(cands), std::get<1>(cands), std::get<2>(cands), comb, weights, beta_f,
-                                   static_cast<float>(top_p), noise, status, stream);
-    check_status(status, stream, detail);
-    return res;
+    guided_sample_slow(logits, hidden_in, head_weight_in, bias, weights, beta_f, top_k, temp_f, top_p, noise, ids,
+                       logp_t, logp_b, status, stream);
+    check_status(status, stream, mark_invalid, detail);
+    return {ids, logp_t, logp_b};
   }
-
-  ScanConfig cfg;
-  cfg.logits = logits.data_ptr();
-  cfg.logits_code = dtype_code(logits.scalar_type());
-  cfg.vec_logits = rows_vec_aligned(logits, V);
-  cfg.B = B;
-  cfg.N = V;
-  cfg.temperature = temp_f;
-  cfg.k = static_cast<int>(top_k);
-  cfg.mode = kTopkBase;
-  const ScanWorkspace ws = plan_scan(cfg, logits);
-  launch_chunk_scan(cfg, stream);
 
   at::Tensor cand_logits = at::empty({B, top_k}, opts);
   at::Tensor cand_ids = at::empty({B, top_k}, opts.dtype(at::kLong));
   at::Tensor lse = at::empty({B}, opts);
   at::Tensor n_finite = at::empty({B}, opts.dtype(at::kInt));
   at::Tensor merge_status = at::empty({B}, opts.dtype(at::kInt));
-  launch_topk_merge(cfg, cand_logits.data_ptr<float>(), cand_ids.data_ptr<int64_t>(), lse.data_ptr<float>(),
-                    n_finite.data_ptr<int32_t>(), merge_status.data_ptr<int32_t>(), stream);
+  topk_fused(logits, top_k, temp_f, cand_logits, cand_ids, lse, &n_finite, merge_status, stream);
   // Rows with a logits error carry id -1 here: head_kernel skips out-of-range ids (NaN result), and
   // the tail kernel reports the merge status of those rows.
   at::Tensor comb = at::empty({B, top_k}, opts);
-  launch_qhead(hidden, W, bias, cand_ids, weights, comb, nullptr, stream);
+  launch_qhead(hidden_in, head_weight_in, bias, cand_ids, weights, comb, nullptr, stream);
 
-  at::Tensor ids = at::empty({B}, opts.dtype(at::kLong));
-  at::Tensor logp_t = at::empty({B}, opts);
-  at::Tensor logp_b = at::empty({B}, opts);
   GuidedTailArgs a{cand_logits.data_ptr<float>(), cand_ids.data_ptr<int64_t>(), lse.data_ptr<float>(),
-             n_finite.data_ptr<int32_t>(), merge_status.data_ptr<int32_t>(), comb.data_ptr<float>(),
-             weights.data_ptr<float>(), weights.dim() == 2, static_cast<int>(m), static_cast<int>(top_k), beta_f,
-             static_cast<float>(top_p), noise, ids.data_ptr<int64_t>(), logp_t.data_ptr<float>(),
-             logp_b.data_ptr<float>(), status.data_ptr<int32_t>()};
+                   n_finite.data_ptr<int32_t>(), merge_status.data_ptr<int32_t>(), comb.data_ptr<float>(),
+                   weights.data_ptr<float>(), weights.dim() == 2, static_cast<int>(m), static_cast<int>(top_k), beta_f,
+                   top_p, noise, ids.data_ptr<int64_t>(), logp_t.data_ptr<float>(), logp_b.data_ptr<float>(),
+                   status.data_ptr<int32_t>()};
   launch_guided_tail(a, B, stream);
-  check_status(status, stream, detail);
+  check_status(status, stream, mark_invalid, detail);
   return {ids, logp_t, logp_b};
 }
 

@@ -7,18 +7,21 @@
 namespace mavis_cuda {
 
 // values/weights may be undefined (then out = logits / T). status: int32 [B] (weights check) or
-// nullptr. Tensors contiguous. Returns the fp32 [B, N] output.
+// nullptr. logits / values: contiguous columns (row strides are passed); weights contiguous.
+// Returns the fp32 [B, N] output (contiguous).
 inline at::Tensor launch_tilt(const at::Tensor& logits, const at::Tensor& values, const at::Tensor& weights,
                               float beta, float temperature, int32_t* status, cudaStream_t stream) {
   const int64_t B = logits.size(0), N = logits.size(1);
-  TORCH_CHECK(B <= 65535, "logits: the CUDA kernels support at most 65535 rows, got ", B);
   at::Tensor out = at::empty({B, N}, logits.options().dtype(at::kFloat));
   const bool has_v = values.defined();
   TiltArgs a{};
   a.logits = logits.data_ptr();
   a.logits_code = dtype_code(logits.scalar_type());
+  a.ld_logits = logits.stride(0);
   a.values = has_v ? values.data_ptr() : nullptr;
   a.values_code = has_v ? dtype_code(values.scalar_type()) : kF32;
+  a.vs_b = has_v ? values.stride(0) : 0;
+  a.vs_m = has_v ? values.stride(1) : 0;
   a.weights = weights.defined() ? weights.data_ptr<float>() : nullptr;
   a.w_per_row = weights.defined() && weights.dim() == 2;
   a.m = has_v ? static_cast<int>(values.size(1)) : 0;
@@ -26,9 +29,9 @@ inline at::Tensor launch_tilt(const at::Tensor& logits, const at::Tensor& values
   a.N = N;
   a.beta = beta;
   a.temperature = temperature;
-  a.vec_logits = rows_vec_aligned(logits, N);
-  a.vec_values = has_v && rows_vec_aligned(values, N);
-  a.vec_out = rows_vec_aligned(out, N);
+  a.vec_logits = rows_vec_aligned(logits);
+  a.vec_values = has_v && rows_vec_aligned(values);
+  a.vec_out = rows_vec_aligned(out);
   a.out = out.data_ptr<float>();
   a.status = status;
   launch_tilt_kernel(a, stream);
@@ -46,11 +49,12 @@ inline at::Tensor tilt_logits_cuda(const at::Tensor& logits_in, const at::Tensor
   check_beta(beta);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const at::Tensor logits = logits_in.contiguous(), values = values_in.contiguous(), w = weights_in.contiguous();
+  const at::Tensor logits = rows_contiguous(logits_in), values = rows_contiguous(values_in);
+  const at::Tensor w = weights_in.contiguous();
   at::Tensor status = at::empty({B}, logits.options().dtype(at::kInt));
   at::Tensor out = launch_tilt(logits, values, w, static_cast<float>(beta), static_cast<float>(temperature),
                                status.data_ptr<int32_t>(), stream);
-  check_status(status, stream);
+  check_status(status, stream, /*mark_invalid=*/false);
   return out;
 }
 

@@ -14,9 +14,10 @@
 namespace mavis_cuda {
 
 inline Sample3 tilted_sample_cuda(const at::Tensor& logits_in, const c10::optional<at::Tensor>& values_in,
-                           const c10::optional<at::Tensor>& weights_in, double beta, double temperature, int64_t top_k,
-                           double top_p, bool topk_on_tilted, const c10::optional<at::Tensor>& candidate_ids_in,
-                           const at::Tensor& seed_in, const at::Tensor& offset_in) {
+                                  const c10::optional<at::Tensor>& weights_in, double beta, double temperature,
+                                  int64_t top_k, double top_p, bool topk_on_tilted,
+                                  const c10::optional<at::Tensor>& candidate_ids_in, const at::Tensor& seed_in,
+                                  const at::Tensor& offset_in, bool mark_invalid) {
   mavis::check_logits(logits_in);
   check_cuda(logits_in, "logits");
   mavis::check_temperature(temperature);
@@ -43,53 +44,53 @@ inline Sample3 tilted_sample_cuda(const at::Tensor& logits_in, const c10::option
 
   const c10::cuda::CUDAGuard guard(logits_in.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const at::Tensor logits = logits_in.contiguous();
-  const at::Tensor values = has_values ? values_in->contiguous() : at::Tensor();
+  const at::Tensor logits = rows_contiguous(logits_in);
+  const at::Tensor values = has_values ? rows_contiguous(*values_in) : at::Tensor();
   const at::Tensor weights = has_values ? weights_in->contiguous() : at::Tensor();
   const at::Tensor cand_map = candidate_ids_in.has_value() ? candidate_ids_in->contiguous() : at::Tensor();
   const at::Tensor seed = seed_in.contiguous(), offset = offset_in.contiguous();
   const NoiseParams noise = make_noise(seed, offset, B);
   const bool restricted = top_k > 0 && top_k < N;
   const float temp_f = static_cast<float>(temperature), beta_f = static_cast<float>(beta);
-  const float top_p_f = static_cast<float>(top_p);
-
-  if ((restricted && top_k > kMaxFastK) || (!restricted && top_p < 1.0)) {
-    return tilted_sample_slow(logits, values, weights, beta_f, temp_f, top_k, top_p_f, topk_on_tilted, cand_map,
-                              noise, stream);
-  }
-
-  ScanConfig cfg;
-  cfg.logits = logits.data_ptr();
-  cfg.logits_code = dtype_code(logits.scalar_type());
-  cfg.vec_logits = rows_vec_aligned(logits, N);
-  if (has_values) {
-    cfg.values = values.data_ptr();
-    cfg.values_code = dtype_code(values.scalar_type());
-    cfg.vec_values = rows_vec_aligned(values, N);
-    cfg.weights = weights.data_ptr<float>();
-    cfg.w_per_row = weights.dim() == 2;
-    cfg.m = static_cast<int>(values.size(1));
-  }
-  cfg.B = B;
-  cfg.N = N;
-  cfg.temperature = temp_f;
-  cfg.beta = beta_f;
-  cfg.k = restricted ? static_cast<int>(top_k) : 0;
-  // without values the tilted scores are the scaled logits: top-k "on tilted" is top-k on base
-  cfg.mode = !restricted ? kFullGumbel : ((topk_on_tilted && has_values) ? kTopkTilted : kTopkBase);
-  cfg.noise = noise;
-  const ScanWorkspace ws = plan_scan(cfg, logits);
-  launch_chunk_scan(cfg, stream);
 
   auto opts = logits.options().dtype(at::kFloat);
   at::Tensor ids = at::empty({B}, opts.dtype(at::kLong));
   at::Tensor logp_t = at::empty({B}, opts);
   at::Tensor logp_b = at::empty({B}, opts);
   at::Tensor status = at::empty({B}, opts.dtype(at::kInt));
-  SampleArgs a{cfg, top_p_f, cand_map.defined() ? cand_map.data_ptr<int64_t>() : nullptr, ids.data_ptr<int64_t>(),
-               logp_t.data_ptr<float>(), logp_b.data_ptr<float>(), status.data_ptr<int32_t>()};
-  launch_sample_merge(a, stream);
-  check_status(status, stream);
+
+  // top_p is tested in double here and compared in double in every kernel (one rule, one precision)
+  if ((restricted && top_k > kMaxFastK) || (!restricted && top_p < 1.0)) {
+    tilted_sample_slow(logits, values, weights, beta_f, temp_f, top_k, top_p, topk_on_tilted, cand_map, noise, ids,
+                       logp_t, logp_b, status, stream);
+    check_status(status, stream, mark_invalid);
+    return {ids, logp_t, logp_b};
+  }
+
+  ScanConfig cfg;
+  set_scan_inputs(cfg, logits, values, weights);
+  cfg.temperature = temp_f;
+  cfg.beta = beta_f;
+  cfg.k = restricted ? static_cast<int>(top_k) : 0;
+  // without values the tilted scores are the scaled logits: top-k "on tilted" is top-k on base
+  cfg.mode = !restricted ? kFullGumbel : ((topk_on_tilted && has_values) ? kTopkTilted : kTopkBase);
+  cfg.noise = noise;
+  ScanWorkspace ws;
+  const int64_t tile = plan_scan(cfg, logits, ws);
+  for_each_row_tile(B, tile, [&](int64_t r0, int64_t n) {
+    cfg.row0 = r0;
+    cfg.rows = n;
+    launch_chunk_scan(cfg, stream);
+    const SampleArgs a{cfg,
+                       top_p,
+                       cand_map.defined() ? cand_map.data_ptr<int64_t>() : nullptr,
+                       ids.data_ptr<int64_t>(),
+                       logp_t.data_ptr<float>(),
+                       logp_b.data_ptr<float>(),
+                       status.data_ptr<int32_t>()};
+    launch_sample_merge(a, stream);
+  });
+  check_status(status, stream, mark_invalid);
   return {ids, logp_t, logp_b};
 }
 

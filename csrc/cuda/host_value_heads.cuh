@@ -6,16 +6,27 @@
 
 namespace mavis_cuda {
 
+// hidden: [B, d] (Q-head) or [B, P, d] (prefix); W: [m, V, d] (Q-head) or [m, d] (prefix); bias
+// [m, V] / [m] or undefined; all three read through their strides (no copy). weights contiguous
+// or undefined; out: preallocated contiguous fp32.
 inline HeadArgs make_head_args(const at::Tensor& hidden, const at::Tensor& W, const at::Tensor& bias,
-                               const at::Tensor& weights, int64_t B, int64_t P, int64_t V, at::Tensor& out,
+                               const at::Tensor& weights, int64_t B, int64_t P, int64_t V, bool qhead, at::Tensor& out,
                                int32_t* status) {
   HeadArgs a{};
   a.hidden = hidden.data_ptr();
   a.hidden_code = dtype_code(hidden.scalar_type());
+  a.h_sb = hidden.stride(0);
+  a.h_sn = qhead ? 0 : hidden.stride(1);
+  a.h_sd = hidden.stride(-1);
   a.weight = W.data_ptr();
   a.weight_code = dtype_code(W.scalar_type());
+  a.w_sm = W.stride(0);
+  a.w_sv = qhead ? W.stride(1) : 0;
+  a.w_sd = W.stride(-1);
   a.bias = bias.defined() ? bias.data_ptr() : nullptr;
   a.bias_code = bias.defined() ? dtype_code(bias.scalar_type()) : kF32;
+  a.b_sm = bias.defined() ? bias.stride(0) : 0;
+  a.b_sv = bias.defined() && qhead ? bias.stride(1) : 0;
   a.cand = nullptr;
   a.weights = weights.defined() ? weights.data_ptr<float>() : nullptr;
   a.w_per_row = weights.defined() && weights.dim() == 2;
@@ -24,19 +35,20 @@ inline HeadArgs make_head_args(const at::Tensor& hidden, const at::Tensor& W, co
   a.m = static_cast<int>(W.size(0));
   a.V = V;
   a.d = hidden.size(-1);
-  a.vec = rows_vec_aligned(hidden, a.d) && rows_vec_aligned(W, a.d);
+  a.vec = rows_vec_aligned(hidden) && rows_vec_aligned(W);
   a.out = out.data_ptr<float>();
   a.status = status;
   return a;
 }
 
-// Q-head gather-GEMV: hidden [B, d], head_weight [m, V, d], head_bias [m, V] or undefined,
-// cand [B, K] int64, weights or undefined -> out ([B, K] or [B, m, K], preallocated fp32).
+// Q-head gather-GEMV: hidden [B, d], head_weight [m, V, d], head_bias [m, V] or undefined (any
+// strides), cand [B, K] int64 contiguous, weights or undefined -> out ([B, K] or [B, m, K],
+// preallocated fp32).
 inline void launch_qhead(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& head_bias,
                          const at::Tensor& cand, const at::Tensor& weights, at::Tensor& out, int32_t* status,
                          cudaStream_t stream) {
   HeadArgs a = make_head_args(hidden, head_weight, head_bias, weights, hidden.size(0), cand.size(1),
-                              head_weight.size(1), out, status);
+                              head_weight.size(1), /*qhead=*/true, out, status);
   a.cand = cand.data_ptr<int64_t>();
   launch_heads(a, /*qhead=*/true, stream);
 }
@@ -74,8 +86,11 @@ inline at::Tensor value_heads_cuda(const at::Tensor& hidden_in, const at::Tensor
 
   const c10::cuda::CUDAGuard guard(hidden_in.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const at::Tensor hidden = hidden_in.contiguous(), W = head_weight_in.contiguous();
-  const at::Tensor bias = head_bias_in.has_value() ? head_bias_in->contiguous() : at::Tensor();
+  // hidden, head_weight and head_bias are read through their strides, never copied: a [m, V, d]
+  // head in a non-canonical layout would otherwise be copied whole (gigabytes), even under capture.
+  const at::Tensor& hidden = hidden_in;
+  const at::Tensor& W = head_weight_in;
+  const at::Tensor bias = head_bias_in.has_value() ? *head_bias_in : at::Tensor();
   const at::Tensor weights = weights_in.has_value() ? weights_in->contiguous() : at::Tensor();
   const int64_t P = q_mode ? candidate_ids_in->size(1) : hidden.size(1);
   auto opts = hidden.options().dtype(at::kFloat);
@@ -85,10 +100,10 @@ inline at::Tensor value_heads_cuda(const at::Tensor& hidden_in, const at::Tensor
     const at::Tensor cand = candidate_ids_in->contiguous();
     launch_qhead(hidden, W, bias, cand, weights, out, status.data_ptr<int32_t>(), stream);
   } else if (P > 0) {
-    HeadArgs a = make_head_args(hidden, W, bias, weights, B, P, 1, out, status.data_ptr<int32_t>());
+    HeadArgs a = make_head_args(hidden, W, bias, weights, B, P, 1, /*qhead=*/false, out, status.data_ptr<int32_t>());
     launch_heads(a, /*qhead=*/false, stream);
   }
-  check_status(status, stream);
+  check_status(status, stream, /*mark_invalid=*/false);
   return out;
 }
 

@@ -17,7 +17,7 @@ struct MaskedSmem {
 // its finite entries (or logp_base = base[tok] - lse_override[row] when given).
 __global__ void __launch_bounds__(kNT)
     masked_sample_kernel(const float* __restrict__ t, const float* __restrict__ base, const bool* __restrict__ keep,
-                         int64_t N, NoiseParams noise, const int64_t* __restrict__ cand_map,
+                         int64_t N, int64_t noise_row0, NoiseParams noise, const int64_t* __restrict__ cand_map,
                          const float* __restrict__ lse_override, const int32_t* __restrict__ status_in,
                          int64_t* out_ids, float* out_lt, float* out_lb, int32_t* status_out) {
   __shared__ MaskedSmem sm;
@@ -32,7 +32,8 @@ __global__ void __launch_bounds__(kNT)
     if (keep[i]) {
       const float tv = t[i];
       mavis::lse_push(lt, tv);
-      best = arg_merge(best, ArgBest{tv + gumbel_at(noise, row, col), col, tv});
+      const double score = static_cast<double>(tv) + gumbel_at(noise, noise_row0 + row, col);
+      best = arg_merge(best, ArgBest{score, col, tv});
     }
   }
   lt = block_lse<kNT>(lt, sm.lse_s);
@@ -49,7 +50,7 @@ __global__ void __launch_bounds__(kNT)
   }
   const float b_tok = base[row * N + best.col];
   out_ids[row] = cand_map != nullptr ? cand_map[row * N + best.col] : best.col;
-  out_lt[row] = (best.t - lt.max) - logf(lt.sum);
+  out_lt[row] = static_cast<float>(static_cast<double>(best.t) - lse_value_d(lt));
   out_lb[row] = lse_override != nullptr ? b_tok - lse_override[row] : (b_tok - lb.max) - logf(lb.sum);
   status_out[row] = 0;
 }
@@ -57,9 +58,9 @@ __global__ void __launch_bounds__(kNT)
 }  // namespace
 
 void launch_masked_sample(const MaskedSampleArgs& a, cudaStream_t stream) {
-  masked_sample_kernel<<<static_cast<unsigned>(a.B), kNT, 0, stream>>>(
-      a.t, a.base, a.keep, a.N, a.noise, a.cand_map, a.lse_override, a.status_in, a.out_ids, a.out_lt, a.out_lb,
-      a.status_out);
+  masked_sample_kernel<<<static_cast<unsigned>(a.rows), kNT, 0, stream>>>(
+      a.t, a.base, a.keep, a.N, a.noise_row0, a.noise, a.cand_map, a.lse_override, a.status_in, a.out_ids, a.out_lt,
+      a.out_lb, a.status_out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

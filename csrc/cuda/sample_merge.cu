@@ -39,9 +39,9 @@ __global__ void __launch_bounds__(kNT) sample_merge_kernel(const SampleArgs a) {
   __shared__ MergeSmem sm;
   const ScanConfig& s = a.s;
   const int tid = threadIdx.x;
-  const int64_t row = blockIdx.x;
+  const int64_t lr = blockIdx.x, row = s.row0 + lr;
   const int C = s.n_chunks;
-  const ChunkRec* recs = s.recs + row * C;
+  const ChunkRec* recs = s.recs + lr * C;
 
   mavis::LseAcc lb = mavis::lse_init(), lt = mavis::lse_init();
   ArgBest best{-INFINITY, -1, 0.0f};
@@ -75,10 +75,10 @@ __global__ void __launch_bounds__(kNT) sample_merge_kernel(const SampleArgs a) {
   float logp_t;
   if constexpr (MODE == kFullGumbel) {
     col = best.col;
-    logp_t = (best.t - lt.max) - logf(lt.sum);
+    logp_t = static_cast<float>(static_cast<double>(best.t) - lse_value_d(lt));
   } else {
     const int k = s.k;
-    const int64_t base_slot = row * static_cast<int64_t>(C) * k;
+    const int64_t base_slot = lr * static_cast<int64_t>(C) * k;
     const int cnt = merge_select<kNT, kMergeCap>(s.cand_key + base_slot, s.cand_id + base_slot, C * k, k, sm.ms);
     int vbad = 0;
     if (tid < cnt) {
@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kNT) sample_merge_kernel(const SampleArgs a) {
         const float* w = s.weights + (s.w_per_row ? row * s.m : 0);
         float acc = 0.0f;
         for (int i = 0; i < s.m; ++i)
-          acc = combine_step_rn(acc, w[i], load_any(s.values, s.values_code, (row * s.m + i) * s.N + c));
+          acc = combine_step_rn(acc, w[i], load_any(s.values, s.values_code, row * s.vs_b + i * s.vs_m + c));
         t = tilt_rn(t, s.beta, acc);
         vbad = isfinite(t) ? 0 : kValuesBad;
       }
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kNT) sample_merge_kernel(const SampleArgs a) {
     logp_t = r.logp;
   }
   if (tid == 0) {
-    const float base_tok = scale_logit_rn(load_any(s.logits, s.logits_code, row * s.N + col), s.temperature);
+    const float base_tok = scale_logit_rn(load_any(s.logits, s.logits_code, row * s.ld_logits + col), s.temperature);
     a.out_ids[row] = a.cand_map != nullptr ? a.cand_map[row * s.N + col] : col;
     a.out_lt[row] = logp_t;
     a.out_lb[row] = (base_tok - lb.max) - logf(lb.sum);
@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kNT) sample_merge_kernel(const SampleArgs a) {
 }  // namespace
 
 void launch_sample_merge(const SampleArgs& a, cudaStream_t stream) {
-  const unsigned grid = static_cast<unsigned>(a.s.B);
+  const unsigned grid = static_cast<unsigned>(a.s.rows);
   if (a.s.mode == kFullGumbel) sample_merge_kernel<kFullGumbel><<<grid, kNT, 0, stream>>>(a);
   else if (a.s.mode == kTopkTilted) sample_merge_kernel<kTopkTilted><<<grid, kNT, 0, stream>>>(a);
   else sample_merge_kernel<kTopkBase><<<grid, kNT, 0, stream>>>(a);

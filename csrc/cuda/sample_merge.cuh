@@ -7,8 +7,8 @@
 namespace mavis_cuda {
 
 struct SampleArgs {
-  ScanConfig s;
-  float top_p;
+  ScanConfig s;   // the rows [s.row0, s.row0 + s.rows) of this launch
+  double top_p;   // compared in double, as on the CPU
   const int64_t* cand_map;  // candidate_ids [B, N] or nullptr
   int64_t* out_ids;
   float* out_lt;

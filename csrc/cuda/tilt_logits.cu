@@ -10,11 +10,12 @@ constexpr int64_t kColsPerBlock = kNT * 8;
 
 // Element types are run-time codes (uniform branches in load8_rt): one kernel for all dtypes.
 __global__ void __launch_bounds__(kNT)
-    tilt_kernel(const void* __restrict__ logits, int lcode, const void* __restrict__ values, int vcode,
-                const float* __restrict__ weights, bool w_per_row, int m, int64_t N, float beta, float temperature,
-                bool vec_l, bool vec_v, bool vec_o, float* __restrict__ out, int32_t* __restrict__ status) {
+    tilt_kernel(const void* __restrict__ logits, int lcode, int64_t ld, const void* __restrict__ values, int vcode,
+                int64_t vs_b, int64_t vs_m, const float* __restrict__ weights, bool w_per_row, int m, int64_t N,
+                int64_t row0, float beta, float temperature, bool vec_l, bool vec_v, bool vec_o,
+                float* __restrict__ out, int32_t* __restrict__ status) {
   const int tid = threadIdx.x;
-  const int64_t row = blockIdx.y;
+  const int64_t row = row0 + blockIdx.y;
   const float* w = weights ? weights + (w_per_row ? row * m : 0) : nullptr;
   if (status != nullptr && blockIdx.x == 0 && tid < 32) {
     bool bad = false;
@@ -26,13 +27,13 @@ __global__ void __launch_bounds__(kNT)
   if (col0 >= N) return;
   const int nv = N - col0 >= 8 ? 8 : static_cast<int>(N - col0);
   float f[8], acc[8];
-  load8_rt(logits, lcode, row * N + col0, vec_l, nv, f);
+  load8_rt(logits, lcode, row * ld + col0, vec_l, nv, f);
 #pragma unroll
   for (int e = 0; e < 8; ++e) acc[e] = 0.0f;
   if (values != nullptr) {
     for (int i = 0; i < m; ++i) {
       float v[8];
-      load8_rt(values, vcode, (row * m + i) * N + col0, vec_v, nv, v);
+      load8_rt(values, vcode, row * vs_b + i * vs_m + col0, vec_v, nv, v);
       const float wi = w[i];
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[e] = combine_step_rn(acc[e], wi, v[e]);
@@ -56,11 +57,17 @@ __global__ void __launch_bounds__(kNT)
 }  // namespace
 
 void launch_tilt_kernel(const TiltArgs& a, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((a.N + kColsPerBlock - 1) / kColsPerBlock), static_cast<unsigned>(a.B));
-  tilt_kernel<<<grid, kNT, 0, stream>>>(a.logits, a.logits_code, a.values, a.values_code, a.weights, a.w_per_row, a.m,
-                                        a.N, a.beta, a.temperature, a.vec_logits, a.vec_values, a.vec_out, a.out,
-                                        a.status);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t col_blocks = (a.N + kColsPerBlock - 1) / kColsPerBlock;
+  TORCH_CHECK(col_blocks < (int64_t{1} << 31), "tilt: row too long");
+  // grid y holds at most 65535 rows: larger batches take several launches
+  for (int64_t r0 = 0; r0 < a.B; r0 += 65535) {
+    const int64_t rows = a.B - r0 < 65535 ? a.B - r0 : 65535;
+    const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(rows));
+    tilt_kernel<<<grid, kNT, 0, stream>>>(a.logits, a.logits_code, a.ld_logits, a.values, a.values_code, a.vs_b,
+                                          a.vs_m, a.weights, a.w_per_row, a.m, a.N, r0, a.beta, a.temperature,
+                                          a.vec_logits, a.vec_values, a.vec_out, a.out, a.status);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 }  // namespace mavis_cuda

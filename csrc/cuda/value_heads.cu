@@ -16,17 +16,20 @@ namespace {
 constexpr int kNT = 256;
 constexpr int kWarps = kNT / 32;
 
-// Dot product of two length-d rows; result in every lane. `vec`: both rows 16-byte aligned and d a
-// multiple of 8.
-// h / w: element offsets into the hidden / weight tensors, element types as run-time codes.
-__device__ __forceinline__ float warp_dot(const void* __restrict__ hb, int hcode, int64_t h, const void* __restrict__ wb,
-                                          int wcode, int64_t w, int64_t d, bool vec) {
+// Dot product of two length-d rows; result in every lane. h / w: element offsets of the rows' first
+// elements, hs / ws: element strides along the rows, element types as run-time codes.
+// `vec` (hs == ws == 1, both rows 16-byte aligned): 8-element granules with 16-byte loads, 4 in
+// flight per lane; a granule only partly inside the row (fp32 rows are 16-byte aligned whenever
+// d % 4 == 0, so d may end half-way through a granule) reads only its elements inside the row.
+__device__ __forceinline__ float warp_dot(const void* __restrict__ hb, int hcode, int64_t h, int64_t hs,
+                                          const void* __restrict__ wb, int wcode, int64_t w, int64_t ws, int64_t d,
+                                          bool vec) {
   const int lane = threadIdx.x & 31;
   float acc = 0.0f;
   if (vec) {
     constexpr int64_t kStep = 32 * 8;
     int64_t c = lane * 8;
-    for (; c + 3 * kStep < d; c += 4 * kStep) {
+    for (; c + 3 * kStep + 8 <= d; c += 4 * kStep) {  // 4 whole granules
       float hf[4][8], wf[4][8];
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
@@ -39,14 +42,17 @@ __device__ __forceinline__ float warp_dot(const void* __restrict__ hb, int hcode
         for (int e = 0; e < 8; ++e) acc = fmaf(hf[u][e], wf[u][e], acc);
     }
     for (; c < d; c += kStep) {
+      const int nv = d - c >= 8 ? 8 : static_cast<int>(d - c);
       float hf[8], wf[8];
-      load8_rt(hb, hcode, h + c, true, 8, hf);
-      load8_rt(wb, wcode, w + c, true, 8, wf);
+      load8_rt(hb, hcode, h + c, true, nv, hf);  // nv < 8: scalar loads of the nv elements only
+      load8_rt(wb, wcode, w + c, true, nv, wf);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc = fmaf(hf[e], wf[e], acc);
+      for (int e = 0; e < 8; ++e)
+        if (e < nv) acc = fmaf(hf[e], wf[e], acc);
     }
   } else {
-    for (int64_t c = lane; c < d; c += 32) acc = fmaf(load_any(hb, hcode, h + c), load_any(wb, wcode, w + c), acc);
+    for (int64_t c = lane; c < d; c += 32)
+      acc = fmaf(load_any(hb, hcode, h + c * hs), load_any(wb, wcode, w + c * ws), acc);
   }
   return warp_sum(acc);
 }
@@ -70,7 +76,7 @@ __global__ void __launch_bounds__(kNT) head_kernel(const HeadArgs a) {
   int64_t h;            // element offset of the hidden row
   int64_t row_of_head;  // row index inside each head's [V, d] (Q-head) or 0 (prefix)
   if constexpr (QHEAD) {
-    h = b * a.d;
+    h = b * a.h_sb;
     row_of_head = a.cand[pos];
     if (row_of_head < 0 || row_of_head >= a.V) {
       if (lane == 0) {
@@ -82,15 +88,16 @@ __global__ void __launch_bounds__(kNT) head_kernel(const HeadArgs a) {
       return;
     }
   } else {
-    h = pos * a.d;
+    h = b * a.h_sb + j * a.h_sn;
     row_of_head = 0;
   }
   const float* w = a.weights != nullptr ? a.weights + (a.w_per_row ? b * a.m : 0) : nullptr;
   float comb = 0.0f;
   for (int i = 0; i < a.m; ++i) {
-    const int64_t wr = (static_cast<int64_t>(i) * a.V + row_of_head) * a.d;
-    float v = warp_dot(a.hidden, a.hidden_code, h, a.weight, a.weight_code, wr, a.d, a.vec);
-    if (a.bias != nullptr) v = __fadd_rn(v, load_any(a.bias, a.bias_code, static_cast<int64_t>(i) * a.V + row_of_head));
+    const int64_t wr = static_cast<int64_t>(i) * a.w_sm + row_of_head * a.w_sv;
+    float v = warp_dot(a.hidden, a.hidden_code, h, a.h_sd, a.weight, a.weight_code, wr, a.w_sd, a.d, a.vec);
+    if (a.bias != nullptr)
+      v = __fadd_rn(v, load_any(a.bias, a.bias_code, static_cast<int64_t>(i) * a.b_sm + row_of_head * a.b_sv));
     if (w != nullptr) comb = combine_step_rn(comb, w[i], v);
     else if (lane == 0) a.out[(b * a.m + i) * a.P + j] = v;
   }

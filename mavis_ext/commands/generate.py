@@ -6,15 +6,22 @@ Example::
         --prompt "Human: hi. Assistant:" --reward help=hf:./rm-help --reward harm=rewards.py:harmless
 
 Without ``--value-model`` (or with ``--beta 0``) this is plain top-k sampling of the base model.
+``--weights`` is required with ``--value-model`` (one per objective, or name=w,...), as ``weights``
+is for ``MavisGenerator.generate``. A model path that does not exist, a corrupted value model or a
+bad argument ends in one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 import time
+
+from ..model_paths import check_model_source
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,8 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--value-model", action="append", default=[], metavar="PATH",
                    help="saved value model or ensemble directory (repeat for several; objectives concatenate)")
     p.add_argument("--weights", default=None,
-                   help="comma-separated weights, one per objective in order, or name=w,... "
-                        "(default: uniform 1/m)")
+                   help="required with --value-model: comma-separated weights, one per objective in order, "
+                        "or name=w,... (objectives not named get 0)")
     p.add_argument("--beta", type=float, default=1.0, help="tilt strength (>= 0; 0 = plain sampling)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", default=None, help="a prompt (repeat for several)")
@@ -45,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score outputs: hf:PATH[:LOGIT], module:function or file.py:function (repeatable)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write one JSON line per prompt here ('-' = stdout)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (neither ours nor transformers' model-loading bars)")
 
 
 def _read_prompts(args) -> list:
@@ -75,14 +83,19 @@ def _weights(text, objectives):
             raise ValueError("--weights: given without --value-model")
         return None
     if text is None:
-        return [1.0 / len(objectives)] * len(objectives)
+        m = len(objectives)
+        raise ValueError(f"--weights: required with --value-model, one per objective ({', '.join(objectives)}), "
+                         f"e.g. --weights {','.join([format(1 / m, '.4g')] * m)}")
     if "=" in text:
         w = {}
         for part in text.split(","):
             k, _, v = part.partition("=")
             if k.strip() not in objectives:
                 raise ValueError(f"--weights: unknown objective {k.strip()!r}; objectives are {objectives}")
-            w[k.strip()] = float(v)
+            try:
+                w[k.strip()] = float(v)
+            except ValueError:
+                raise ValueError(f"--weights: {k.strip()}={v!r} is not a number") from None
         return [w.get(o, 0.0) for o in objectives]
     try:
         vals = [float(x) for x in text.split(",")]
@@ -110,6 +123,59 @@ def _rewards(specs, device):
     return out
 
 
+class _LoadError(Exception):
+    """A model folder that exists but cannot be loaded (corrupted or truncated files)."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _value_model_dirs(paths) -> list:
+    """Every --value-model is a local folder (value models are never hub ids): check them all before
+    loading anything."""
+    out = []
+    for p in paths:
+        d = os.path.expanduser(p)
+        if not os.path.isdir(d):
+            what = "is a file, not a value model folder" if os.path.exists(d) else "no such directory"
+            raise FileNotFoundError(f"--value-model: {what}: {p!r} (give the folder written by training, "
+                                    "e.g. RUN/iter_001/model)")
+        out.append(d)
+    return out
+
+
+def _load(what: str, path: str, fn, *a, **kw):
+    """``fn(*a, **kw)``; any failure becomes one line naming the flag and the path."""
+    try:
+        return fn(*a, **kw)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        msg = _one_line(e)
+        raise _LoadError(f"{what}: {msg}" if path in msg else f"{what} {path}: {msg}") from None
+    except Exception as e:  # noqa: BLE001 -- corrupted files raise library-specific errors
+        raise _LoadError(f"{what} {path}: cannot load ({type(e).__name__}: {_one_line(e)})") from None
+
+
+@contextlib.contextmanager
+def _quiet_loading(on: bool):
+    """With --no-progress, silence transformers' / huggingface_hub's loading bars; restore after."""
+    if not on:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as tf_logging
+
+    tf_was_on, hub_was_off = tf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if tf_was_on:
+            tf_logging.enable_progress_bar()
+        (disable_progress_bars if hub_was_off else enable_progress_bars)()
+
+
 def run(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -125,19 +191,37 @@ def run(args) -> int:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         if args.batch_size < 1:
             raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
-        tok = AutoTokenizer.from_pretrained(args.tokenizer or args.base_model)
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
-        base = AutoModelForCausalLM.from_pretrained(args.base_model, dtype=dtype).to(device).eval()
-        vms = None
-        if args.value_model:
-            vms = load_value_models(args.value_model, base_tokenizer=tok, torch_dtype=dtype, device=device)
-            vms.eval()
-        gen = MavisGenerator(base, vms, tok)
-        weights = _weights(args.weights, gen.objectives)
-        rewards = _rewards(args.reward, device)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
-        print(f"mavis generate: error: {e}", file=sys.stderr)
+        # Cheap checks before any model is loaded (generate() checks them again, naming the argument)
+        if not (args.beta >= 0.0) or math.isinf(args.beta):
+            raise ValueError(f"--beta: must be a finite number >= 0, got {args.beta}")
+        if not args.temperature > 0.0:
+            raise ValueError(f"--temperature: must be > 0, got {args.temperature}")
+        if not (0.0 < args.top_p <= 1.0):
+            raise ValueError(f"--top-p: must be in (0, 1], got {args.top_p}")
+        if args.max_new_tokens < 0:
+            raise ValueError(f"--max-new-tokens: must be >= 0, got {args.max_new_tokens}")
+        # Paths first, all of them: a typo fails at once, before any model is loaded.
+        base_src = check_model_source(args.base_model, "--base-model")
+        tok_src = check_model_source(args.tokenizer, "--tokenizer") if args.tokenizer else base_src
+        vm_dirs = _value_model_dirs(args.value_model)
+        with _quiet_loading(args.no_progress):
+            tok = _load("--tokenizer" if args.tokenizer else "--base-model", tok_src, AutoTokenizer.from_pretrained,
+                        tok_src)
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            base = _load("--base-model", base_src, AutoModelForCausalLM.from_pretrained, base_src, dtype=dtype)
+            base = base.to(device).eval()
+            vms = None
+            if vm_dirs:
+                # one folder at a time, so that an error names the folder it comes from
+                vms = load_value_models([_load("--value-model", d, load_value_models, d, base_tokenizer=tok,
+                                               torch_dtype=dtype, device=device) for d in vm_dirs])
+                vms.eval()
+            gen = MavisGenerator(base, vms, tok)
+            weights = _weights(args.weights, gen.objectives)
+            rewards = _rewards(args.reward, device)  # hf: reward models load here too
+    except (ValueError, TypeError, FileNotFoundError, OSError, _LoadError) as e:
+        print(f"mavis generate: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
     results = []

@@ -5,14 +5,17 @@ Example::
     mavis train --base-model ./base --objectives help=hf:./rm-help,harm=rewards.py:harmless \\
         --prompts prompts.jsonl --iterations 2 --beta 2 --zeta 0.5 --out runs/hh
 
-Rerunning the same command after an interruption continues where it stopped. Works unchanged
-under ``torchrun --nproc_per_node N -m mavis_ext.cli train ...``.
+Rerunning the same command after an interruption continues where it stopped (and rebuilds any
+damaged file it can). Works unchanged under ``torchrun --nproc_per_node N -m mavis_ext.cli train ...``.
+Every user error is one line on stderr naming the flag, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 
 from ..training.config import TrainConfig
@@ -53,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward-template", default="{prompt}{response}",
                    help="how hf: reward models see the text (str.format with {prompt} and {response})")
     p.add_argument("--reward-max-length", type=int, default=None, help="truncate hf: reward inputs to this many tokens")
+    p.add_argument("--allow-untrained-reward-head", action="store_true",
+                   help="accept an hf: reward model whose score head is not in its checkpoint (randomly initialised, "
+                        "e.g. a causal LM path): refused by default, since its scores are random")
     p.add_argument("--prompts", required=True, help="text file (one prompt per line) or JSONL ({\"prompt\": ...})")
     p.add_argument("--out", required=True, help="output directory (resumes if it holds a run)")
     p.add_argument("--iterations", type=int, default=1)
@@ -99,12 +105,82 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+# Library messages name Python arguments; on the command line the flags are what the user typed.
+_FLAG_NAMES = (("value_trunk", "--value-trunk"), ("base_model", "--base-model"), ("tokenizer", "--tokenizer"),
+               ("out_dir", "--out"), ("device", "--device"), ("lora", "--lora"), ("prompts", "--prompts"))
+
+
+def _as_flags(msg: str) -> str:
+    for name, flag in _FLAG_NAMES:
+        if msg.startswith(name + ":") or msg.startswith(name + " "):
+            return flag + msg[len(name):]
+    return msg
+
+
+def _lora(text):
+    if not text:
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--lora: not valid JSON ({e.msg} at character {e.pos}): {text!r}; expected e.g. "
+                         "'{\"r\": 16, \"lora_alpha\": 32}'") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"--lora: expected a JSON object of LoRA settings, got {text!r}")
+    return obj
+
+
+def _checked_paths(args):
+    """Local paths first: a typo fails at once, naming the flag, not after minutes of loading."""
+    from ..model_paths import check_model_source
+    from ..training.preflight import check_out_dir
+
+    check_model_source(args.base_model, "--base-model")
+    if args.tokenizer is not None:
+        check_model_source(args.tokenizer, "--tokenizer")
+    if args.value_trunk is not None:
+        check_model_source(args.value_trunk, "--value-trunk")
+    if not os.path.isfile(args.prompts):
+        raise FileNotFoundError(f"--prompts: no such file: {args.prompts!r}")
+    check_out_dir(args.out, "--out")
+
+
+@contextlib.contextmanager
+def _hf_bars(enabled: bool):
+    """With --no-progress, also no transformers / huggingface_hub bars (loading and saving models);
+    the previous state is restored afterwards."""
+    if enabled:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    tf_on, hub_off = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if tf_on:
+            hf_logging.enable_progress_bar()
+        if not hub_off:
+            enable_progress_bars()
+
+
 def run(args) -> int:
+    with _hf_bars(not args.no_progress):
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..rewards import load_reward, parse_objectives
     from ..training import train_value_models
+    from ..training.distributed import resolve_device
 
     try:
-        lora = json.loads(args.lora) if args.lora else None
+        lora = _lora(args.lora)
+        device = resolve_device(args.device, "--device")
+        _checked_paths(args)
         cfg = TrainConfig(
             out_dir=args.out, iterations=args.iterations, beta=args.beta, zeta=args.zeta, kl_label=args.kl_label,
             rollout_weights=args.rollout_weights, root_branching=args.root_branching, branching=args.branching,
@@ -119,21 +195,24 @@ def run(args) -> int:
             eval_every=args.eval_every, save_every=args.save_every, log_every=args.log_every, bf16=not args.no_bf16,
             reward_batch_size=args.reward_batch_size, seed=args.seed, device=args.device)
         specs = parse_objectives(args.objectives)
-        device = args.device
-        if device is None:
-            import os
-
+        if args.device is None and device.type == "cuda":
+            # under torchrun every rank scores on its own GPU
             import torch
 
-            # under torchrun every rank scores on its own GPU
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         rewards = {name: load_reward(spec, name, batch_size=args.reward_batch_size, template=args.reward_template,
-                                     max_length=args.reward_max_length, device=device)
+                                     max_length=args.reward_max_length, device=device,
+                                     allow_untrained_head=args.allow_untrained_reward_head)
                    for name, spec in specs.items()}
         dirs = train_value_models(args.base_model, args.tokenizer, args.prompts, rewards, cfg,
                                   progress=not args.no_progress)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
-        print(f"mavis train: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, ImportError) as e:
+        print(f"mavis train: error: {_as_flags(' '.join(str(e).split()))}", file=sys.stderr)
+        return 2
+    except OSError as e:   # FileNotFoundError from path checks, or the disk (full, gone read-only)
+        msg = e.strerror if e.strerror and e.filename else str(e)
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"mavis train: error: {_as_flags(' '.join(msg.split()))}{where}", file=sys.stderr)
         return 2
     finally:
         import torch.distributed as dist

@@ -1,6 +1,6 @@
 """TrainConfig: every knob of value-model training (soft policy iteration), with checks.
 
-Defaults follow the authors' code (digest sections 3.2-3.5): trees with 4 root branches, then 2,
+Defaults follow the authors' code: trees with 4 root branches, then 2,
 5 layers, top-k 40; Adafactor, lr 2e-5, weight decay 2e-3, 100 warmup steps (none when warm-
 starting), batch 32, 2 epochs, half of the bottom nodes kept. Small worlds (the testbed) want a
 larger lr and smaller trees; set them explicitly.
@@ -15,8 +15,12 @@ from typing import Any, Dict, List, Optional, Union
 
 __all__ = ["TrainConfig"]
 
-# Fields that may differ between a run and its resumption without invalidating saved work.
-_RESUME_FREE = {"out_dir", "iterations", "device", "log_every", "reward_batch_size"}
+# Fields that may differ between a run and its resumption without changing any result:
+# where the run lives and how long it goes on, logging and checkpoint frequency (resuming from a
+# checkpoint is exact), and fields whose effect the run record covers in another way: the value
+# trunk by its weights (not its path), the reward batch size inside each reward's description, the
+# device in the record's environment (rounding only: a change warns, training/fingerprint.py).
+_RESUME_FREE = {"out_dir", "iterations", "device", "log_every", "save_every", "reward_batch_size", "value_trunk"}
 
 
 @dataclass
@@ -155,7 +159,7 @@ class TrainConfig:
         return cls(**d)
 
     def fingerprint(self) -> Dict[str, Any]:
-        """The part of the config that saved work depends on (compared on resume)."""
+        """Every field that changes results (compared on resume; see ``_RESUME_FREE``)."""
         return {k: v for k, v in self.to_dict().items() if k not in _RESUME_FREE}
 
     def to_json(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "barrier", "all_reduce_sum", "all_reduce_grads",
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "barrier", "all_reduce_sum", "all_reduce_grads",
            "broadcast_parameters", "broadcast_object"]
 
 
@@ -38,14 +38,31 @@ class DistInfo:
         return self.world_size > 1
 
 
+def resolve_device(device: Optional[str], what: str = "device") -> torch.device:
+    """``device`` (None: CUDA when available, else CPU) as a ``torch.device``; a malformed name or a
+    CUDA device this machine does not have is a one-line ``ValueError`` naming ``what``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{what}: {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"{what}: {device!r} requested but {why}; use --device cpu (or device='cpu')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{what}: {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) "
+                             "are visible")
+    return dev
+
+
 def init_distributed(device: Optional[str] = None) -> DistInfo:
     """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA); pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
     if dev.type == "cuda":
@@ -80,14 +97,24 @@ def all_reduce_sum(info: DistInfo, t: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_grads(info: DistInfo, params: List[torch.nn.Parameter]) -> None:
-    """Sum gradients over ranks (the loss is already divided by the global target count)."""
+    """Sum gradients over ranks (the loss is already divided by the global target count).
+
+    A parameter that has no gradient on any rank keeps ``grad = None``, exactly as with one process:
+    optimizers skip such parameters (no weight decay, no moment update). Turning it into zeros would
+    make N processes take a different step than one. A parameter with a gradient on some ranks only
+    gets the sum (the others contribute zeros), which is what one process computes."""
     if not info.enabled:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    has = torch.tensor([0.0 if p.grad is None else 1.0 for p in params], dtype=torch.float32)
+    all_reduce_sum(info, has)
+    used = [p for p, h in zip(params, has.tolist()) if h > 0]
+    if not used:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in used]
     flat = torch.cat([g.reshape(-1).float() for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     off = 0
-    for p, g in zip(params, grads):
+    for p, g in zip(used, grads):
         n = g.numel()
         new = flat[off:off + n].view_as(g).to(g.dtype)
         if p.grad is None:

@@ -1,4 +1,4 @@
-"""The outer loop of MAVIS value training (soft policy iteration, DESIGN.md section 5).
+"""The outer loop of MAVIS value training (soft policy iteration).
 
 Iteration n:
   1. collect: rollout trees from the current policy (n = 0: the base model's top-k sampling;
@@ -9,10 +9,11 @@ Iteration n:
   3. train: MSE regression of the value model(s), warm-started from iteration n-1;
   4. record metrics (mean reward per objective, KL, value MSE) and mark the iteration done.
 
-Layout of ``out_dir`` (every file written atomically; a rerun skips what exists)::
+Layout of ``out_dir`` (every file written atomically and byte-deterministically; a rerun skips what
+exists and is intact)::
 
-    run.json                     config, objectives and prompt fingerprint (checked on resume)
-    train.log, metrics.jsonl     log of losses; one JSON line per finished iteration
+    run.json                     what the run depends on (fingerprint.py; checked on resume)
+    train.log, metrics.jsonl     log of losses and timings; one JSON line per finished iteration
     iter_000/trees/<set>/shard_00000.safetensors   forests (trees.py / storage.py)
     iter_000/labels/<set>/shard_00000.safetensors  leaf rewards
     iter_000/train_state/<group>/                  resumable training checkpoints (removed when done)
@@ -21,17 +22,22 @@ Layout of ``out_dir`` (every file written atomically; a rerun skips what exists)
 
 Under ``torchrun`` shards are dealt round-robin to ranks, every rank then reads all shards, and
 training splits each global batch across ranks (regression.py); rank 0 writes the shared files.
+
+Damaged files (``CorruptFileError``) on resume: a tree or reward shard, a training checkpoint, a
+finished iteration's ``DONE``/``metrics.json``/train summary or value model is discarded with a
+warning and recomputed (everything is a deterministic function of the inputs, so the rebuilt file
+is the one an uninterrupted run writes). ``run.json`` cannot be rebuilt (it is the record of what the
+saved work was made with): a damaged one is a clear error.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Union
 
@@ -39,11 +45,15 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_json, atomic_write_text, cleanup_tmp
+from ..integrity import CorruptFileError, read_json
+from ..model_paths import check_model_source
 from ..rewards import check_reward_output, load_rewards
 from .config import TrainConfig
 from .dataset import PathExamples, bottom_node_mask, build_examples, split_trees
-from .distributed import DistInfo, barrier, init_distributed
+from .distributed import DistInfo, barrier, broadcast_object, init_distributed
 from .faults import maybe_kill
+from .fingerprint import RECORD_FORMAT, record_diffs, run_record
+from .preflight import check_out_dir, check_value_trunk_vocab
 from .labeling import expected_path_logratio, node_labels, node_values, score_leaves, token_suffix_logratio
 from .prompts import load_prompts
 from .regression import train_regression
@@ -100,7 +110,7 @@ def _load_base(base_model, tokenizer):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(base_model, (str, os.PathLike)):
-        src = os.fspath(base_model)
+        src = check_model_source(base_model, "base_model")
         try:
             model = AutoModelForCausalLM.from_pretrained(src)
         except Exception as e:  # noqa: BLE001
@@ -117,7 +127,11 @@ def _load_base(base_model, tokenizer):
                 raise ValueError("tokenizer: required when base_model is a model object without a source path")
             tokenizer = AutoTokenizer.from_pretrained(src)
     if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+        src = check_model_source(tokenizer, "tokenizer")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(src)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"tokenizer: cannot load {src!r}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
     return model.eval(), tokenizer
 
 
@@ -154,47 +168,76 @@ def _preflight_rewards(generator, prompts, prompt_ids, rewards, cfg, pad_id):
         check_reward_output(res, k, name)
 
 
-def _check_value_trunk(value_trunk, lora):
+def _check_lora(lora):
     if lora is not None:
         try:
             import peft  # noqa: F401
         except ImportError:
             raise ImportError("lora: LoRA value models need the optional `peft` package (pip install peft)") from None
-    if isinstance(value_trunk, (str, os.PathLike)):
-        from transformers import AutoConfig
-
-        try:
-            AutoConfig.from_pretrained(os.fspath(value_trunk))
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"value_trunk: cannot load {os.fspath(value_trunk)!r}: {type(e).__name__}: {e}") from e
 
 
-def _run_record(cfg: TrainConfig, objectives, prompts, value_trunk) -> dict:
-    h = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
-    vt = os.fspath(value_trunk) if isinstance(value_trunk, (str, os.PathLike)) else (
-        None if value_trunk is None else f"<{type(value_trunk).__name__}>")
-    return {"config": cfg.fingerprint(), "objectives": list(objectives), "n_prompts": len(prompts),
-            "prompts_sha256": h, "value_trunk": vt}
+RUN_REMEDY = ("it records what the saved work was made with and cannot be rebuilt: if this command is the one that "
+              "started the run, delete run.json and rerun to resume; otherwise use a new out_dir")
 
 
-def _check_or_write_run(out_dir: str, record: dict, info: DistInfo, write: bool) -> None:
+def _check_run(out_dir: str, record: dict) -> None:
+    """Compare with the ``run.json`` of an earlier start: refuse to resume when anything that shapes
+    the results differs, warn when only the environment (rounding) differs."""
     path = os.path.join(out_dir, "run.json")
-    if os.path.isfile(path) and not write:
-        with open(path) as f:
-            old = json.load(f)
-        diffs = []
-        for k in sorted(set(old) | set(record)):
-            if k == "config":
-                for ck in sorted(set(old.get(k, {})) | set(record[k])):
-                    if old.get(k, {}).get(ck) != record[k].get(ck):
-                        diffs.append(f"config.{ck}: {old.get(k, {}).get(ck)!r} -> {record[k].get(ck)!r}")
-            elif old.get(k) != record.get(k):
-                diffs.append(f"{k}: {old.get(k)!r} -> {record.get(k)!r}")
-        if diffs:
-            raise ValueError(f"out_dir {out_dir!r} holds a run with different settings ({'; '.join(diffs)}); "
-                             "rerun with the original settings to resume, or use a new out_dir")
-    elif write and info.is_main and not os.path.isfile(path):
-        atomic_write_json(path, record)
+    if not os.path.lexists(path):
+        return
+    old = read_json(path, RUN_REMEDY)
+    if old.get("format") != RECORD_FORMAT:
+        raise ValueError(f"out_dir {out_dir!r} holds a run started by another version of mavis_ext (run.json format "
+                         f"{old.get('format', 1)!r}, this version writes {RECORD_FORMAT}); finish it with that "
+                         "version, or use a new out_dir")
+    hard, soft = record_diffs(old, record)
+    if hard:
+        shown = "; ".join(hard[:6]) + (f"; and {len(hard) - 6} more" if len(hard) > 6 else "")
+        raise ValueError(f"out_dir {out_dir!r} holds a run with different settings ({shown}); rerun with the original "
+                         "settings to resume, or use a new out_dir")
+    if soft:
+        msg = (f"resuming {out_dir!r} in a different environment ({'; '.join(soft)}): files written from now on may "
+               "differ in the last bits from an uninterrupted run")
+        log.warning("%s", msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def _iteration_state(out_dir: str, it: int) -> str:
+    """"done", "todo" (never finished) or a reason why a finished iteration must be rebuilt."""
+    from ..values import verify_saved
+
+    d = iteration_dir(out_dir, it)
+    done = os.path.join(d, "DONE")
+    if not os.path.lexists(done):
+        return "todo"
+    try:
+        with open(done, "rb") as f:
+            if f.read() != b"done\n":
+                return f"{done} is damaged"
+        read_json(os.path.join(d, "metrics.json"), "rebuilt on resume", rebuildable=True)
+        verify_saved(os.path.join(d, "model"))
+    except (CorruptFileError, FileNotFoundError, OSError) as e:
+        return str(e)
+    return "done"
+
+
+def _discard_finished(it_dir: str, reason: str) -> None:
+    """Turn a finished iteration with a damaged file back into an unfinished one (main rank only).
+    Its shards and, when intact, its value model are kept and checked again as the iteration reruns."""
+    from ..values import verify_saved
+
+    log.warning("%s: %s -- rebuilding this iteration", it_dir, reason)
+    warnings.warn(f"{it_dir}: {reason} -- rebuilding this iteration", RuntimeWarning, stacklevel=3)
+    for name in ("DONE", "metrics.json"):
+        p = os.path.join(it_dir, name)
+        if os.path.lexists(p):
+            os.unlink(p)
+    model = os.path.join(it_dir, "model")
+    try:
+        verify_saved(model)
+    except (CorruptFileError, FileNotFoundError, OSError):
+        shutil.rmtree(model, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -212,10 +255,10 @@ def _collect(it, sets, shards, gen, prompts, prompt_ids, rewards, objectives, to
         tpath, lpath = os.path.join(tdir, shard_name(k)), os.path.join(ldir, shard_name(k))
         if bar is not None:
             bar.set_postfix(set=ts.name, shard=k)
+        objs = [objectives[j] for j in ts.supervises]
+        forest = _checked_shards(tpath, lpath, objs)
         if not os.path.isfile(lpath):
-            if os.path.isfile(tpath):
-                forest, _ = load_forest(tpath)
-            else:
+            if forest is None:
                 idx = shards[k]
                 t0 = time.time()
                 forest = grow_forest(
@@ -229,7 +272,6 @@ def _collect(it, sets, shards, gen, prompts, prompt_ids, rewards, objectives, to
                 log.info("iter %d set %s shard %d: %d trees, %d nodes in %.1fs", it, ts.name, k, forest.n_trees,
                          forest.n_nodes, time.time() - t0)
                 maybe_kill("collect")
-            objs = [objectives[j] for j in ts.supervises]
             leaf_nodes, leaf_r = score_leaves(forest, {o: rewards[o] for o in objs}, tokenizer)
             save_leaf_rewards(lpath, leaf_nodes, leaf_r, objs)
             maybe_kill("label")
@@ -237,6 +279,34 @@ def _collect(it, sets, shards, gen, prompts, prompt_ids, rewards, objectives, to
             bar.update(1)
     if bar is not None:
         bar.close()
+
+
+def _checked_shards(tpath: str, lpath: str, objs: List[str]):
+    """The forest of an existing tree shard (None if there is none), after checking it and its
+    reward shard. A damaged tree shard is deleted with its reward shard (rewards are per leaf of
+    that forest); a damaged or mismatching reward shard alone is deleted; both are then recomputed."""
+    if not os.path.isfile(tpath):
+        if os.path.lexists(lpath):
+            os.unlink(lpath)        # rewards of a forest that no longer exists
+        return None
+    try:
+        forest, _ = load_forest(tpath)
+    except CorruptFileError as e:
+        log.warning("%s -- discarding it and growing the trees again", e)
+        for p in (tpath, lpath):
+            if os.path.lexists(p):
+                os.unlink(p)
+        return None
+    if os.path.isfile(lpath):
+        try:
+            leaf_nodes, _, got = load_leaf_rewards(lpath)
+            if got != objs or not np.array_equal(leaf_nodes, np.nonzero(forest.is_leaf())[0]):
+                raise CorruptFileError(lpath, f"holds rewards for objectives {got} / other leaves than its tree shard",
+                                       "recomputed on resume", rebuildable=True)
+        except CorruptFileError as e:
+            log.warning("%s -- discarding it and scoring the leaves again", e)
+            os.unlink(lpath)
+    return forest
 
 
 def _build_data(it, sets, shards, objectives, cfg, it_dir):
@@ -254,7 +324,9 @@ def _build_data(it, sets, shards, objectives, cfg, it_dir):
             forest, _ = load_forest(os.path.join(it_dir, "trees", ts.name, shard_name(k)))
             leaf_nodes, leaf_r, objs = load_leaf_rewards(os.path.join(it_dir, "labels", ts.name, shard_name(k)))
             if objs != [objectives[j] for j in ts.supervises]:
-                raise RuntimeError(f"{it_dir}: reward shard {ts.name}/{k} holds objectives {objs}")
+                raise CorruptFileError(os.path.join(it_dir, "labels", ts.name, shard_name(k)),
+                                       f"holds objectives {objs}", "rerun the training command to recompute it",
+                                       rebuildable=True)
             vals = node_values(forest, leaf_nodes, leaf_r)                    # [N, len(supervises)]
             lab = node_labels(forest, vals, zeta, cfg.kl_label)
             labels = np.zeros((forest.n_nodes, m), np.float32)
@@ -291,13 +363,14 @@ def _build_data(it, sets, shards, objectives, cfg, it_dir):
 
 
 def _new_value_model(it, g, group_objs, cfg, value_trunk, base_model, tokenizer, prev_dir):
-    from ..values import ValueModel, _apply_lora, load_value_models, members_of
+    from ..values import ValueModel, _apply_lora, backbone_of, load_value_models, members_of
 
     torch.manual_seed(derive_seed(cfg.seed, it, 11, g))     # head init identical on every rank and rerun
     if prev_dir is None:
         trunk = value_trunk
         if trunk is None:
-            trunk = copy.deepcopy(base_model)   # never train the generation model itself
+            # never train the generation model itself; its LM head is not part of a value model
+            trunk = copy.deepcopy(backbone_of(base_model))
         elif isinstance(trunk, torch.nn.Module):
             trunk = copy.deepcopy(trunk)
         return ValueModel.from_trunk(trunk, group_objs, mode=cfg.mode, lora=cfg.lora, tokenizer=tokenizer)
@@ -325,12 +398,18 @@ def _train_stage(it, objectives, train, val, cfg, it_dir, info, value_trunk, bas
         groups = [("all", list(objectives), list(range(len(objectives))), os.path.join(it_dir, "model"))]
     else:
         groups = [(o, [o], [j], os.path.join(it_dir, f"value_{o}")) for j, o in enumerate(objectives)]
+    model_dir = os.path.join(it_dir, "model")
+    if not cfg.shared_trunk:
+        # the ensemble exists once every member is trained (the members' folders go at DONE)
+        done_before = _intact_summaries(it_dir, [gname for gname, *_ in groups], model_dir, info)
+        if done_before is not None:
+            return done_before
     summaries = {}
     for g, (gname, gobjs, cols, final) in enumerate(groups):
         spath = os.path.join(it_dir, f"train_summary_{gname}.json")
-        if os.path.isfile(os.path.join(final, "mavis_value_config.json")) and os.path.isfile(spath):
-            with open(spath) as f:
-                summaries[gname] = json.load(f)
+        got = _intact_summaries(it_dir, [gname], final, info)
+        if got is not None:
+            summaries.update(got)
             continue
         vm = _new_value_model(it, g, gobjs, cfg, value_trunk, base_model, tokenizer, prev_dir)
         tr = train if cfg.shared_trunk else train.select_objectives(cols)
@@ -351,13 +430,34 @@ def _train_stage(it, objectives, train, val, cfg, it_dir, info, value_trunk, bas
             vm.save_pretrained(final)
         barrier(info)
         del vm
-    model_dir = os.path.join(it_dir, "model")
     if not cfg.shared_trunk and not os.path.isdir(model_dir):
         if info.is_main:
             members = [ValueModel.from_pretrained(os.path.join(it_dir, f"value_{o}")) for o in objectives]
             ValueEnsemble(members).save_pretrained(model_dir)
         barrier(info)
     return summaries
+
+
+def _intact_summaries(it_dir, gnames, model_dir, info):
+    """The train summaries of ``gnames`` when they and the value model in ``model_dir`` are intact
+    (rank 0 checks, every rank gets the answer); None otherwise, and a damaged model is deleted (it
+    is trained again; training is deterministic, so it comes back identical)."""
+    from ..values import verify_saved
+
+    result = None
+    if info.is_main and os.path.isdir(model_dir):
+        try:
+            verify_saved(model_dir)
+        except (CorruptFileError, FileNotFoundError) as e:
+            log.warning("%s -- training this value model again", e)
+            shutil.rmtree(model_dir, ignore_errors=True)
+        else:
+            try:
+                result = {g: read_json(os.path.join(it_dir, f"train_summary_{g}.json"), "recomputed on resume",
+                                       rebuildable=True) for g in gnames}
+            except CorruptFileError as e:
+                log.warning("%s -- training this value model again to recompute it", e)
+    return broadcast_object(info, result)
 
 
 # ----------------------------------------------------------------------------- public entry point
@@ -372,8 +472,10 @@ def train_value_models(base_model, tokenizer, prompts, rewards: Dict[str, Union[
     tokenizer (loaded from the path when None); ``prompts``: a file path or an iterable of strings;
     ``rewards``: ``{objective: callable (prompts, responses) -> Tensor[N] | "hf:ID[:LOGIT]" |
     "module:function"}``; ``value_trunk``: id/path/model for the value models' backbone (default
-    ``config.value_trunk``, else a copy of the base model). Rerunning with the same ``out_dir``
-    continues where a previous run stopped."""
+    ``config.value_trunk``, else a copy of the base model); it must read the base model's
+    vocabulary. Rerunning with the same ``out_dir`` continues where a previous run stopped, after
+    checking that nothing that shapes the results changed (``run.json``) and rebuilding any damaged
+    file it can. Bad arguments fail before anything is written."""
     if config is None:
         cfg = TrainConfig()
     elif isinstance(config, dict):
@@ -386,30 +488,46 @@ def train_value_models(base_model, tokenizer, prompts, rewards: Dict[str, Union[
         value_trunk = cfg.value_trunk
     elif isinstance(value_trunk, (str, os.PathLike)):
         cfg.value_trunk = os.fspath(value_trunk)
+    trunk_source = None
+    if isinstance(value_trunk, (str, os.PathLike)):
+        trunk_source = os.fspath(value_trunk)
+        value_trunk = check_model_source(value_trunk, "value_trunk")
+    out_dir = cfg.out_dir
+    check_out_dir(out_dir, "out_dir")
     info = init_distributed(cfg.device)
     prompts = load_prompts(prompts)
     if not isinstance(rewards, dict) or not rewards:
         raise ValueError("rewards: expected a non-empty dict {objective: reward}")
     objectives = list(rewards)
     cfg.check_objectives(objectives)
+    _check_lora(cfg.lora)
     rewards = load_rewards(rewards, device=info.device, batch_size=cfg.reward_batch_size)
     base, tokenizer = _load_base(base_model, tokenizer)
+    check_value_trunk_vocab(value_trunk, base, tokenizer, "value_trunk")
     base.to(info.device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     prompt_ids = _tokenize(tokenizer, prompts, cfg.max_new_tokens, base)
-    out_dir = cfg.out_dir
-    record = _run_record(cfg, objectives, prompts, value_trunk)
-    _check_or_write_run(out_dir, record, info, write=False)
+    record = run_record(cfg, objectives, rewards, prompts, prompt_ids, base, tokenizer, value_trunk,
+                        _environment(info), _sources(base_model, tokenizer, trunk_source, value_trunk))
+    _check_run(out_dir, record)
     dirs = [os.path.join(iteration_dir(out_dir, it), "model") for it in range(cfg.iterations)]
-    todo = [it for it in range(cfg.iterations) if not os.path.isfile(os.path.join(iteration_dir(out_dir, it), "DONE"))]
+    states = None
+    if info.is_main:
+        states = [_iteration_state(out_dir, it) for it in range(cfg.iterations)]
+    states = broadcast_object(info, states)
+    todo = [it for it, st in enumerate(states) if st != "done"]
     if todo:
         # Everything that can fail on bad input fails here, before anything is written.
         from ..decoding import MavisGenerator
 
-        _check_value_trunk(value_trunk, cfg.lora)
         _preflight_rewards(MavisGenerator(base, None, tokenizer), prompts, prompt_ids, rewards, cfg, pad_id)
-    os.makedirs(out_dir, exist_ok=True)
-    _check_or_write_run(out_dir, record, info, write=True)
+    if info.is_main:
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            if not os.path.lexists(os.path.join(out_dir, "run.json")):
+                atomic_write_json(os.path.join(out_dir, "run.json"), record)
+        except OSError as e:
+            raise ValueError(f"out_dir: cannot write to {out_dir!r}: {e.strerror or e}") from None
     barrier(info)
     handler = None
     if info.is_main:
@@ -419,6 +537,11 @@ def train_value_models(base_model, tokenizer, prompts, rewards: Dict[str, Union[
         if log.level == logging.NOTSET or log.level > logging.INFO:
             log.setLevel(logging.INFO)
     try:
+        if info.is_main:
+            for it, st in enumerate(states):
+                if st not in ("done", "todo"):
+                    _discard_finished(iteration_dir(out_dir, it), st)
+        barrier(info)
         if todo:
             log.info("run: %d prompts, objectives %s, iterations %s to do, world size %d", len(prompts), objectives,
                      todo, info.world_size)
@@ -433,6 +556,23 @@ def train_value_models(base_model, tokenizer, prompts, rewards: Dict[str, Union[
             log.removeHandler(handler)
             handler.close()
     return dirs
+
+
+def _environment(info: DistInfo) -> dict:
+    """What changes floating-point rounding but not what is computed (a change only warns)."""
+    import transformers
+
+    return {"device_type": info.device.type, "world_size": info.world_size, "torch": torch.__version__,
+            "transformers": transformers.__version__, "cpu_threads": torch.get_num_threads()}
+
+
+def _sources(base_model, tokenizer, trunk_source, value_trunk) -> dict:
+    def name(x):
+        if x is None or isinstance(x, (str, os.PathLike)):
+            return None if x is None else os.fspath(x)
+        return f"<{type(x).__name__} object>"
+
+    return {"base_model": name(base_model), "value_trunk": trunk_source or name(value_trunk)}
 
 
 def _run_iteration(it, objectives, prompts, prompt_ids, rewards, cfg, info, base, tokenizer, value_trunk, pad_id,
@@ -462,6 +602,7 @@ def _run_iteration(it, objectives, prompts, prompt_ids, rewards, cfg, info, base
     barrier(info)
     vm_prev = None
     if it > 0:
+        # checked when this run started (a damaged one was rebuilt first), and checked again on load
         vm_prev = load_value_models(os.path.join(iteration_dir(cfg.out_dir, it - 1), "model"), device=info.device)
         vm_prev.eval()
     gen = MavisGenerator(base, vm_prev, tokenizer)
@@ -490,8 +631,8 @@ def _run_iteration(it, objectives, prompts, prompt_ids, rewards, cfg, info, base
                 metrics["val_mse_per_objective"][o] = v
     metrics["train_loss_final"] = {g: s["train_loss_final"] for g, s in summaries.items()}
     metrics["train_steps"] = {g: s["steps"] for g, s in summaries.items()}
-    metrics["time_s"] = {"collect": t_collect, "train": time.time() - t1}
-    metrics["model_dir"] = os.path.join(it_dir, "model")
+    # relative to out_dir, and no timings: metrics are byte-identical across identical runs
+    metrics["model_dir"] = os.path.relpath(os.path.join(it_dir, "model"), cfg.out_dir).replace(os.sep, "/")
     if info.is_main:
         atomic_write_json(os.path.join(it_dir, "metrics.json"), metrics)
         atomic_write_text(os.path.join(it_dir, "DONE"), "done\n")
@@ -500,15 +641,18 @@ def _run_iteration(it, objectives, prompts, prompt_ids, rewards, cfg, info, base
             for o in objectives:
                 shutil.rmtree(os.path.join(it_dir, f"value_{o}"), ignore_errors=True)
         _write_metrics_jsonl(cfg.out_dir)
-    log.info("iter %d done: reward %s, KL %s, val MSE %s", it, metrics["reward"], metrics["kl"], metrics["val_mse"])
+    log.info("iter %d done: reward %s, KL %s, val MSE %s (collect %.1fs, train %.1fs)", it, metrics["reward"],
+             metrics["kl"], metrics["val_mse"], t_collect, time.time() - t1)
     barrier(info)
 
 
 def _write_metrics_jsonl(out_dir: str) -> None:
+    import json
+
     lines = []
     for name in sorted(os.listdir(out_dir)):
         p = os.path.join(out_dir, name, "metrics.json")
         if name.startswith("iter_") and os.path.isfile(os.path.join(out_dir, name, "DONE")) and os.path.isfile(p):
-            with open(p) as f:
-                lines.append(json.dumps(json.load(f), sort_keys=True))
+            metrics = read_json(p, "rerun the training command to rebuild it", rebuildable=True)
+            lines.append(json.dumps(metrics, sort_keys=True))
     atomic_write_text(os.path.join(out_dir, "metrics.jsonl"), "".join(l + "\n" for l in lines))

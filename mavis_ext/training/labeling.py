@@ -1,4 +1,4 @@
-"""Labels of tree nodes (digest 3.3).
+"""Labels of tree nodes (as in the authors' code).
 
 - Leaves are scored by every reward function on (prompt text, decoded response text).
 - An internal node's value is the mean of its children's values: the Monte-Carlo estimate of the

@@ -4,6 +4,8 @@ Optimizer AdamW or Adafactor (``adafactor.py``: the paper's absolute-step varian
 gradient accumulation, gradient clipping, bf16 autocast on CUDA, evaluation on held-out trees every
 ``eval_every`` steps with the best weights kept, and a checkpoint (trainable weights, optimizer
 state, RNG state, best weights) every ``save_every`` steps so that a killed run resumes exactly.
+A damaged checkpoint (checked against the manifest in its ``state.json``) is discarded with a
+warning and the stage is trained again from step 0, which gives the same weights.
 
 The global batch (``batch_size * grad_accum`` paths) is the same for any number of processes: each
 rank takes its share, the loss is divided by the global target count, gradients are summed over
@@ -12,7 +14,6 @@ ranks. One process and N processes therefore take the same steps.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,6 +24,8 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ..atomic import atomic_dir, atomic_save_safetensors, atomic_torch_save, atomic_write_json, cleanup_tmp
+from ..integrity import CorruptFileError, dir_manifest, read_json, verify_manifest
+from ..safetensors_io import load_checked
 from .dataset import PathExamples, collate
 from .distributed import DistInfo, all_reduce_grads, all_reduce_sum, barrier, broadcast_parameters
 from .faults import maybe_kill
@@ -88,6 +91,9 @@ def evaluate_mse(model, ex: PathExamples, info: DistInfo, *, batch_size: int, pa
     return total, per
 
 
+CKPT_REMEDY = "checkpoints of an unfinished stage are rebuilt on resume: rerun the training command"
+
+
 def _save_ckpt(state_dir: str, step: int, model, opt, best: Optional[dict], meta: dict) -> None:
     name = f"ckpt-{step:07d}"
     path = os.path.join(state_dir, name)
@@ -101,40 +107,82 @@ def _save_ckpt(state_dir: str, step: int, model, opt, best: Optional[dict], meta
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         atomic_torch_save({"optimizer": opt.state_dict(), "rng": rng}, os.path.join(tmp, "optim.pt"))
-        atomic_write_json(os.path.join(tmp, "state.json"), dict(meta, step=step))
+        # Written last: a manifest of the other files, so damage to any of them is detected on resume.
+        atomic_write_json(os.path.join(tmp, "state.json"), dict(meta, step=step, files=dir_manifest(tmp)))
     atomic_write_json(os.path.join(state_dir, "latest.json"), {"step": step, "dir": name})
     for other in os.listdir(state_dir):     # older checkpoints are superseded
         if other.startswith("ckpt-") and other != name:
             shutil.rmtree(os.path.join(state_dir, other), ignore_errors=True)
 
 
-def _load_ckpt(state_dir: str, model, opt, device):
-    from safetensors.torch import load_file
-
+def _read_ckpt(state_dir: str, params: Dict[str, torch.nn.Parameter], device):
+    """Everything of the latest checkpoint, read and checked before anything is applied (a damaged
+    checkpoint then leaves the model and optimizer untouched). None when there is none; raises
+    ``CorruptFileError`` when it is unusable."""
     ptr = os.path.join(state_dir, "latest.json")
     if not os.path.isfile(ptr):
         return None
-    with open(ptr) as f:
-        name = json.load(f)["dir"]
+    pointer = read_json(ptr, CKPT_REMEDY, rebuildable=True)
+    name = pointer.get("dir")
+    if not isinstance(name, str) or not name.startswith("ckpt-") or os.sep in name:
+        raise CorruptFileError(ptr, "does not name a checkpoint directory", CKPT_REMEDY, rebuildable=True)
     path = os.path.join(state_dir, name)
+    spath = os.path.join(path, "state.json")
+    meta = read_json(spath, CKPT_REMEDY, rebuildable=True)
+    if not isinstance(meta.get("step"), int) or not all(k in meta for k in ("best_val", "best_step", "evals", "losses")):
+        raise CorruptFileError(spath, "is missing fields", CKPT_REMEDY, rebuildable=True)
+    verify_manifest(path, meta.pop("files", None), CKPT_REMEDY, rebuildable=True)
+    tpath = os.path.join(path, "trainable.safetensors")
+    saved, _ = load_checked(tpath, CKPT_REMEDY, rebuildable=True, require_checksum=True)
+    if set(saved) != set(params) or any(tuple(saved[n].shape) != tuple(p.shape) for n, p in params.items()):
+        raise CorruptFileError(tpath, "its parameters do not match the model being trained", CKPT_REMEDY,
+                               rebuildable=True)
+    best = None
+    bpath = os.path.join(path, "best.safetensors")
+    if os.path.isfile(bpath):
+        best, _ = load_checked(bpath, CKPT_REMEDY, rebuildable=True, require_checksum=True)
+        if set(best) != set(params):
+            raise CorruptFileError(bpath, "its parameters do not match the model being trained", CKPT_REMEDY,
+                                   rebuildable=True)
+    opath = os.path.join(path, "optim.pt")
+    try:
+        blob = torch.load(opath, map_location=device, weights_only=True)
+        blob["optimizer"], blob["rng"]["torch"]
+    except Exception as e:  # noqa: BLE001 -- a damaged zip/pickle raises many different errors
+        raise CorruptFileError(opath, f"cannot be read ({type(e).__name__})", CKPT_REMEDY, rebuildable=True) from None
+    return meta, saved, best, blob
+
+
+def _load_ckpt(state_dir: str, model, opt, device):
     params = _trainable(model)
-    saved = load_file(os.path.join(path, "trainable.safetensors"))
-    if set(saved) != set(params):
-        raise RuntimeError(f"{path}: checkpoint parameters do not match the model being trained")
+    got = _read_ckpt(state_dir, params, device)
+    if got is None:
+        return None
+    meta, saved, best, blob = got
+    try:
+        opt.load_state_dict(blob["optimizer"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptFileError(os.path.join(state_dir, "optim.pt"), f"optimizer state does not fit ({e})",
+                               CKPT_REMEDY, rebuildable=True) from None
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(saved[n].to(p.device, p.dtype))
-    blob = torch.load(os.path.join(path, "optim.pt"), map_location=device, weights_only=True)
-    opt.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["rng"]["torch"].cpu())
     if "cuda" in blob["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in blob["rng"]["cuda"]])
-    best = None
-    if os.path.isfile(os.path.join(path, "best.safetensors")):
-        best = load_file(os.path.join(path, "best.safetensors"))
-    with open(os.path.join(path, "state.json")) as f:
-        meta = json.load(f)
     return meta, best
+
+
+def _discard_state(state_dir: str, info: DistInfo) -> None:
+    barrier(info)                       # every rank has finished reading before rank 0 deletes
+    if info.is_main:
+        for name in os.listdir(state_dir):
+            p = os.path.join(state_dir, name)
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)
+    barrier(info)
 
 
 def train_regression(model, train: PathExamples, val: PathExamples, *, info: DistInfo, state_dir: str,
@@ -164,7 +212,14 @@ def train_regression(model, train: PathExamples, val: PathExamples, *, info: Dis
     barrier(info)
 
     start, best, meta = 0, None, {"best_val": None, "best_step": None, "evals": [], "losses": []}
-    resumed = _load_ckpt(state_dir, model, opt, device)
+    try:
+        resumed = _load_ckpt(state_dir, model, opt, device)
+    except CorruptFileError as e:
+        # Nothing was applied (``_read_ckpt`` checks first); training from step 0 recomputes the
+        # same weights an uninterrupted run would have, so discarding loses time, not results.
+        log.warning("%s: %s -- discarding it and training this stage again from step 0", desc, e)
+        _discard_state(state_dir, info)
+        resumed = None
     if resumed is not None:
         meta, best = resumed
         start = int(meta["step"])
@@ -232,6 +287,8 @@ def train_regression(model, train: PathExamples, val: PathExamples, *, info: Dis
         maybe_kill("train")
     if bar is not None:
         bar.close()
+    # Timings go to the log only: the summary is an output file, byte-identical across identical runs.
+    log.info("%s: %d steps (%d this session) in %.1fs", desc, total, total - start, time.time() - t0)
     if best is not None:
         with torch.no_grad():
             for n, p in params.items():
@@ -241,5 +298,4 @@ def train_regression(model, train: PathExamples, val: PathExamples, *, info: Dis
             "val_mse_initial": meta["evals"][0]["val_mse"] if meta["evals"] else None,
             "val_mse_per_objective": next((e["val_mse_per_objective"] for e in meta["evals"]
                                            if e["step"] == meta["best_step"]), None),
-            "train_loss_final": last_loss, "evals": meta["evals"], "losses": meta["losses"],
-            "train_time_s": time.time() - t0}
+            "train_loss_final": last_loss, "evals": meta["evals"], "losses": meta["losses"]}

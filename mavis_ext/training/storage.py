@@ -1,7 +1,8 @@
 """Compact on-disk tree shards: one safetensors file per shard (NumPy arrays) with JSON metadata.
 
 Nothing is pickled, so a shard from an untrusted source can be read safely. Each file is written
-atomically (temp + rename): its existence means it is complete, which is what resumption relies on.
+atomically (temp + rename), byte-deterministically and with a checksum (``safetensors_io``): its
+existence means it was complete, and damage done afterwards is reported as ``CorruptFileError``.
 
 - ``trees/<set>/shard_XXXXX.safetensors``: the ``Forest`` arrays; metadata holds the prompt texts.
 - ``labels/<set>/shard_XXXXX.safetensors``: ``leaf_nodes [n_leaves]`` and ``leaf_rewards
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_save_safetensors
+from ..integrity import CorruptFileError
+from ..safetensors_io import load_checked
 from .trees import Forest
 
 __all__ = ["save_forest", "load_forest", "save_leaf_rewards", "load_leaf_rewards", "shard_name"]
@@ -37,27 +40,36 @@ def save_forest(path: str, forest: Forest, extra: Dict = None) -> None:
     atomic_save_safetensors(tensors, path, metadata=meta)
 
 
-def _read(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
-    from safetensors import safe_open
+# A damaged shard is recomputed by the training loop on resume (iterate.py); this advice is for
+# anyone reading a shard outside it.
+REMEDY = "shards are recomputed on resume: rerun the training command (it discards and rebuilds this file)"
 
+
+def _read(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"shard {path!r} does not exist")
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        arrays = {k: f.get_tensor(k).numpy() for k in f.keys()}
-    return arrays, meta
+    tensors, meta = load_checked(path, REMEDY, rebuildable=True, require_checksum=True)
+    return {k: t.numpy() for k, t in tensors.items()}, meta
+
+
+def _bad(path: str, problem: str) -> CorruptFileError:
+    return CorruptFileError(path, problem, REMEDY, rebuildable=True)
 
 
 def load_forest(path: str) -> Tuple[Forest, Dict]:
     arrays, meta = _read(path)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} shard (format={meta.get('format')!r})")
+        raise _bad(path, f"not a {FORMAT} shard (format={meta.get('format')!r})")
     missing = [a for a in Forest.ARRAYS if a not in arrays]
     if missing:
-        raise ValueError(f"{path}: missing arrays {missing}")
-    f = Forest(prompts=json.loads(meta["prompts"]), **{a: arrays[a] for a in Forest.ARRAYS})
-    f.validate()
-    return f, json.loads(meta.get("extra", "{}"))
+        raise _bad(path, f"missing arrays {missing}")
+    try:
+        f = Forest(prompts=json.loads(meta["prompts"]), **{a: arrays[a] for a in Forest.ARRAYS})
+        f.validate()
+        extra = json.loads(meta.get("extra", "{}"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise _bad(path, f"inconsistent content ({e})") from None
+    return f, extra
 
 
 def save_leaf_rewards(path: str, leaf_nodes: np.ndarray, leaf_rewards: np.ndarray, objectives: List[str]) -> None:
@@ -72,5 +84,11 @@ def save_leaf_rewards(path: str, leaf_nodes: np.ndarray, leaf_rewards: np.ndarra
 def load_leaf_rewards(path: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     arrays, meta = _read(path)
     if meta.get("format") != "mavis-leaf-rewards-v1":
-        raise ValueError(f"{path}: not a leaf-reward shard")
-    return arrays["leaf_nodes"], arrays["leaf_rewards"], json.loads(meta["objectives"])
+        raise _bad(path, "not a leaf-reward shard")
+    try:
+        nodes, rewards, objs = arrays["leaf_nodes"], arrays["leaf_rewards"], json.loads(meta["objectives"])
+    except (KeyError, ValueError) as e:
+        raise _bad(path, f"missing content ({e})") from None
+    if rewards.ndim != 2 or rewards.shape != (nodes.shape[0], len(objs)):
+        raise _bad(path, f"rewards of shape {tuple(rewards.shape)} for {nodes.shape[0]} leaves and {len(objs)} objectives")
+    return nodes, rewards, objs

@@ -6,7 +6,7 @@ segment ``tokens[tok_start : tok_start + tok_len]``, the sum of ``log(pi/pi_ref)
 segment, and whether the segment ended with EOS. Nodes are stored breadth-first (every parent
 precedes its children), which lets labeling run bottom-up with one vectorised pass per depth.
 
-Growth (digest 3.2): layer ``l = 0 .. depth-1`` gives each live node ``root_branching`` (l = 0) or
+Growth (as in the authors' code): layer ``l = 0 .. depth-1`` gives each live node ``root_branching`` (l = 0) or
 ``branching`` children. A child's segment length is uniform in
 ``[1, 2*floor(tokens_left/(depth-l)) - 1]`` for ``l < depth-1`` and ``tokens_left`` at the last
 layer (the remaining budget, or fewer on EOS). A node that ended with EOS or used up the budget is a

@@ -50,27 +50,68 @@ MAVIS_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c
   return Philox4{{c0, c1, c2, c3}};
 }
 
-// Uniform in the open interval (0, 1): 23 random bits, centred in their cell, so that log() never
-// sees 0 or 1. Every value (k + 0.5) * 2^-23, k < 2^23, is exact in fp32, hence identical on every
-// backend. (24 bits would not do: k + 0.5 rounds to an even integer for k >= 2^23 and the largest k
-// gives u == 1.0f exactly, i.e. infinite Gumbel noise.) Range: [2^-24, 1 - 2^-24].
-MAVIS_HD float philox_uniform(uint64_t seed, uint64_t offset, uint32_t row, uint32_t col) {
+// Uniform in the open interval (0, 1), in double: 52 random bits (the top 32 from word x[0], the
+// next 20 from the top of word x[1]) centred in their cell, u = (k + 0.5) * 2^-52, k < 2^52.
+// Why 52 and double: the Gumbel-max draw can only pick a column whose score is within the largest
+// possible noise of the best one. With 23-bit floats that was about 16.6 nats, so a full-vocabulary
+// tail 17-19 nats below the top was undersampled and anything further never drawn. With 52 bits the
+// largest noise is -log(-log(1 - 2^-53)) ~= 36.74: a column 36.7 nats down has probability
+// < e^-36.7 ~= 1.1e-16, so even V = 262,144 such columns lose < 3e-11 of mass, and the grid of u
+// (2^-52) bounds the per-column error by ~2.2e-16. Every (k + 0.5) * 2^-52 needs 53 significant bits,
+// so it is exact in double on every backend (53 random bits would need 54 and round). Range:
+// [2^-53, 1 - 2^-53]: log() never sees 0 or 1.
+MAVIS_HD uint64_t philox_bits52(uint64_t seed, uint64_t offset, uint32_t row, uint32_t col) {
   const Philox4 r = philox4x32_10(col, row, static_cast<uint32_t>(offset),
                                   static_cast<uint32_t>(offset >> 32), static_cast<uint32_t>(seed),
                                   static_cast<uint32_t>(seed >> 32));
-  return (static_cast<float>(r.x[0] >> 9) + 0.5f) * (1.0f / 8388608.0f);
+  return (static_cast<uint64_t>(r.x[0]) << 20) | static_cast<uint64_t>(r.x[1] >> 12);
 }
 
-// Gumbel(0, 1) noise: argmax_j (score_j + gumbel_j) is a draw from softmax(score).
-MAVIS_HD float gumbel_from_uniform(float u) { return -logf(-logf(u)); }
+MAVIS_HD double uniform_from_bits52(uint64_t k) {
+  return (static_cast<double>(k) + 0.5) * (1.0 / 4503599627370496.0);  // 2^-52
+}
 
-MAVIS_HD float gumbel_noise(uint64_t seed, uint64_t offset, uint32_t row, uint32_t col) {
+MAVIS_HD double philox_uniform(uint64_t seed, uint64_t offset, uint32_t row, uint32_t col) {
+  return uniform_from_bits52(philox_bits52(seed, offset, row, col));
+}
+
+// Gumbel(0, 1) noise in double: argmax_j (score_j + gumbel_j) is a draw from softmax(score).
+// Kernels add it to the fp32 score converted to double and compare in double.
+MAVIS_HD double gumbel_from_uniform(double u) { return -log(-log(u)); }
+
+MAVIS_HD double gumbel_noise(uint64_t seed, uint64_t offset, uint32_t row, uint32_t col) {
   return gumbel_from_uniform(philox_uniform(seed, offset, row, col));
 }
 
-// Upper bound of gumbel_noise (its value at the largest uniform, 1 - 2^-24: about 16.64), plus a
+// Upper bound of gumbel_noise (its value at the largest uniform, 1 - 2^-53: about 36.74), plus a
 // margin for libm differences. Kernels use it to skip the noise of columns that cannot win the
-// Gumbel-max: when score + kGumbelMax < best, score + noise < best as well.
-constexpr float kGumbelMax = 16.75f;
+// Gumbel-max: when score + kGumbelMax < best, score + noise < best as well (strictly, so a skipped
+// column cannot tie the winner either; compare with `<`, never `<=`).
+constexpr double kGumbelMax = 36.8;
+
+// floor(log2(x)) for x > 0.
+MAVIS_HD int floor_log2_u64(uint64_t x) {
+#if defined(__CUDA_ARCH__)
+  return 63 - __clzll(static_cast<long long>(x));
+#elif defined(__GNUC__) || defined(__clang__)
+  return 63 - __builtin_clzll(x);
+#else
+  int e = 0;
+  while (x >>= 1) ++e;
+  return e;
+#endif
+}
+
+// An upper bound of the noise of draw k, gumbel_from_uniform(uniform_from_bits52(k)), without a
+// log: it lets a kernel skip the two logs of a column whose noise cannot lift it to the best score
+// (score + bound < best), which on a long full-vocabulary row is nearly every column.
+// Why it holds: -log(u) >= 1 - u = (2M + 1) * 2^-53 with M = 2^52 - 1 - k, and 2M + 1 >= 2^e for
+// e = floor(log2(2M + 1)), so noise = -log(-log(u)) <= (53 - e) * ln 2 (36.74 at k = 2^52 - 1, where
+// it is attained; within ln 2 of the noise when u is near 1, where it matters). The 1e-9 margin
+// covers the rounding of the computed logs.
+MAVIS_HD double gumbel_bound_from_bits52(uint64_t k) {
+  const uint64_t m2 = ((4503599627370495ull - k) << 1) | 1ull;  // 2M + 1, M = 2^52 - 1 - k
+  return static_cast<double>(53 - floor_log2_u64(m2)) * 0.69314718055994530942 + 1e-9;
+}
 
 }  // namespace mavis
