@@ -146,7 +146,8 @@ def make_seed(
             s = seed.to(device)
             return s, torch.zeros_like(s)
         s = _int(seed, "seed")
-        t = torch.tensor([s], dtype=torch.int64, device=device)
+        # A fill kernel, not a host-to-device copy: capturable in a CUDA graph (the value is baked in).
+        t = torch.full((1,), s, dtype=torch.int64, device=device)
         return t, torch.zeros_like(t)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
