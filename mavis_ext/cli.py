@@ -11,7 +11,7 @@ import sys
 SUBCOMMANDS = {
     "generate": "guided generation with value models (mavis_ext.commands.generate)",
     "train": "train value models by iterative KL-regularized soft policy iteration",
-    "eval": "exact evaluation of MAVIS policies on the enumerable testbed",
+    "eval": "exact evaluation of MAVIS policies: the demo testbed, or --world hard (multi-seed, held-out prompts, top-k optimum)",
     "demo": "the main job: testbed -> training -> weight sweep -> table, plots, op latency",
 }
 
