@@ -125,15 +125,15 @@ inline v8f fast_exp_v8(v8f x) {
 }
 #endif
 
-inline float fast_exp(float x) {
-  const float lo = -87.0f;
-  const float xc = x < lo ? lo : x;
-  const float t = xc * 1.44269504088896341f + 12582912.0f;
+// e^x for x in [-87, 87] (Cephes polynomial). No clamp and no compare, so loops over it vectorise
+// (philox_block.cpp calls it directly on arguments it knows are in range).
+inline float exp_in_range(float x) {
+  const float t = x * 1.44269504088896341f + 12582912.0f;
   const float n = t - 12582912.0f;
   int32_t ti;
   std::memcpy(&ti, &t, 4);
   const int32_t ni = ti - 0x4B400000;
-  float r = xc - n * 0.693359375f;
+  float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float y = 1.9875691500E-4f;
   y = y * r + 1.3981999507E-3f;
@@ -145,7 +145,12 @@ inline float fast_exp(float x) {
   const int32_t bits = (ni + 127) << 23;
   float p;
   std::memcpy(&p, &bits, 4);
-  const float res = y * p;
+  return y * p;
+}
+
+inline float fast_exp(float x) {
+  const float lo = -87.0f;
+  const float res = exp_in_range(x < lo ? lo : x);
   return x < lo ? 0.0f : res;
 }
 

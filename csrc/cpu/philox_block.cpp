@@ -20,32 +20,6 @@
 namespace mavis {
 namespace cpu {
 
-namespace {
-
-// e^x for x in [-87, 87] (Cephes polynomial, as fast_exp in cpu_math.h, without its clamp, so that
-// the loop below vectorises: a float compare in it would be a branch).
-inline float exp_in_range(float x) {
-  const float t = x * 1.44269504088896341f + 12582912.0f;
-  const float n = t - 12582912.0f;
-  int32_t ti;
-  std::memcpy(&ti, &t, 4);
-  const int32_t ni = ti - 0x4B400000;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float y = 1.9875691500E-4f;
-  y = y * r + 1.3981999507E-3f;
-  y = y * r + 8.3334519073E-3f;
-  y = y * r + 4.1665795894E-2f;
-  y = y * r + 1.6666665459E-1f;
-  y = y * r + 5.0000001201E-1f;
-  y = y * r * r + r + 1.0f;
-  const int32_t bits = (ni + 127) << 23;
-  float p;
-  std::memcpy(&p, &bits, 4);
-  return y * p;
-}
-
-}  // namespace
 
 MAVIS_CLONES void gumbel_draws_block(const NoiseKey& nk, const uint32_t* __restrict cols,
                                      const float* __restrict ts, int64_t n, float best_lo,
